@@ -1,0 +1,268 @@
+//! `/v1/completions` and `/v1/chat/completions`: both validate, submit to the engine, and
+//! answer as one JSON body or as an SSE stream ending in `data: [DONE]`.
+
+use std::convert::Infallible;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::api::dto::{ChatRequest, CompletionRequest};
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, Caller};
+use crate::api::validate::{self, Endpoint, ValidGeneration};
+use crate::api::AppState;
+use crate::auth::Scope;
+use crate::engine::{GenEvent, GenRequest};
+
+/// Events buffered between the engine and a slow client before the engine waits.
+const EVENT_BUFFER: usize = 64;
+
+pub async fn completions(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Scope::Inference)?;
+    app.check_model(&req.model)?;
+    let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
+    let ids = app
+        .model
+        .tokenizer
+        .encode_text(&prompt)
+        .map_err(|_| ApiError::invalid("the prompt could not be tokenized", Some("prompt")))?;
+    let valid = validate::generation(
+        req.params,
+        ids,
+        app.model.context_length,
+        &app.limits,
+        Endpoint::Completions,
+        rand::thread_rng().gen(),
+    )?;
+    respond(&app, valid, Kind::Completion).await
+}
+
+pub async fn chat_completions(
+    State(app): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    caller.principal.require(Scope::Inference)?;
+    app.check_model(&req.model)?;
+    let messages = validate::chat_messages(req.messages, &app.limits)?;
+    let ids = app
+        .model
+        .chat
+        .render_ids(&app.model.tokenizer, &messages, true)
+        .map_err(|_| ApiError::invalid("the messages could not be rendered", Some("messages")))?;
+    let valid = validate::generation(
+        req.params,
+        ids,
+        app.model.context_length,
+        &app.limits,
+        Endpoint::Chat,
+        rand::thread_rng().gen(),
+    )?;
+    respond(&app, valid, Kind::Chat).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+impl Kind {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Completion => "cmpl-",
+            Kind::Chat => "chatcmpl-",
+        }
+    }
+}
+
+/// Identity of one response, repeated in every stream chunk.
+#[derive(Clone)]
+struct Meta {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    /// A response object with one choice.
+    fn object(&self, choice: Value, usage: Option<Value>, chunk: bool) -> Value {
+        let object = match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        };
+        let mut v = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [choice],
+        });
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        v
+    }
+
+    /// A stream chunk carrying `text` (and a finish reason on the last one).
+    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+        let choice = match self.kind {
+            Kind::Completion => json!({
+                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+            }),
+            Kind::Chat => {
+                let delta = text.map_or(json!({}), |t| json!({ "content": t }));
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+            }
+        };
+        self.object(choice, None, true)
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+async fn respond(app: &AppState, valid: ValidGeneration, kind: Kind) -> Result<Response, ApiError> {
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let meta = Meta {
+        kind,
+        id: format!(
+            "{}{}",
+            kind.id_prefix(),
+            hex::encode(rand::random::<[u8; 12]>())
+        ),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        model: app.model.id.clone(),
+    };
+    let (stream, include_usage) = (valid.stream, valid.include_usage);
+    app.engine.try_submit(GenRequest {
+        prompt: valid.prompt_ids,
+        max_tokens: valid.max_tokens,
+        sampling: valid.sampling,
+        stop: valid.stop,
+        events: tx,
+    })?;
+    if stream {
+        Ok(sse(meta, rx, include_usage).into_response())
+    } else {
+        collect(meta, rx).await.map(|v| Json(v).into_response())
+    }
+}
+
+async fn collect(meta: Meta, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Done {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                let choice = match meta.kind {
+                    Kind::Completion => json!({
+                        "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
+                    }),
+                    Kind::Chat => json!({
+                        "index": 0,
+                        "message": { "role": "assistant", "content": text, "refusal": null },
+                        "logprobs": null,
+                        "finish_reason": reason.as_str(),
+                    }),
+                };
+                return Ok(meta.object(
+                    choice,
+                    Some(usage(prompt_tokens, completion_tokens)),
+                    false,
+                ));
+            }
+            GenEvent::Failed(_) => return Err(ApiError::Internal),
+        }
+    }
+    Err(ApiError::Internal)
+}
+
+/// Turns engine events into SSE events. Dropping the response (client gone) drops `rx`, which
+/// the engine notices at its next token.
+fn sse(
+    meta: Meta,
+    rx: mpsc::Receiver<GenEvent>,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let first = (meta.kind == Kind::Chat).then(|| {
+        let mut v = meta.delta(None, None);
+        v["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
+        v
+    });
+    let body = stream::unfold(Some((meta, rx)), move |state| async move {
+        let (meta, mut rx) = state?;
+        let ev = rx.recv().await;
+        let (events, next) = match ev {
+            Some(GenEvent::Text(t)) => (vec![meta.delta(Some(&t), None)], true),
+            Some(GenEvent::Done {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                let mut out = vec![meta.delta(None, Some(reason.as_str()))];
+                if include_usage {
+                    let mut u = meta.object(
+                        json!(null),
+                        Some(usage(prompt_tokens, completion_tokens)),
+                        true,
+                    );
+                    u["choices"] = json!([]);
+                    out.push(u);
+                }
+                (out, false)
+            }
+            Some(GenEvent::Failed(_)) | None => (vec![ApiError::Internal.body()], false),
+        };
+        let mut items: Vec<Event> = events
+            .into_iter()
+            .map(|v| Event::default().data(v.to_string()))
+            .collect();
+        if !next {
+            items.push(Event::default().data("[DONE]"));
+        }
+        Some((stream::iter(items), next.then_some((meta, rx))))
+    })
+    .flatten();
+    let head = stream::iter(first.map(|v| Event::default().data(v.to_string())));
+    Sse::new(head.chain(body).map(Ok)).keep_alive(KeepAlive::default())
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.principal.require(Scope::Inference)?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{
+            "id": app.model.id,
+            "object": "model",
+            "created": app.model.created,
+            "owned_by": "cloister",
+        }],
+    })))
+}

@@ -1,0 +1,72 @@
+//! The HTTP adapter: routes, extractors, DTOs and the one error mapping.
+//!
+//! Every `/v1/*` route needs a valid tenant JWT; `/healthz` and `/readyz` are open and say
+//! nothing about tenants or the model.
+
+mod dto;
+mod error;
+mod extract;
+mod handlers;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+pub use validate::RequestLimits;
+
+use crate::auth::JwtVerifier;
+use crate::engine::EngineHandle;
+use crate::tokenizer::{ChatTemplate, ModelTokenizer};
+
+/// Largest accepted request body; prompt limits are enforced again, per field, by validation.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The model as the API sees it.
+#[derive(Debug)]
+pub struct ServedModel {
+    pub id: String,
+    pub tokenizer: Arc<ModelTokenizer>,
+    pub chat: ChatTemplate,
+    pub context_length: usize,
+    /// Unix time the model was loaded (OpenAI's `created`).
+    pub created: u64,
+}
+
+/// Shared state of every handler.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub model: Arc<ServedModel>,
+    pub verifier: Arc<JwtVerifier>,
+    pub tenants: Arc<HashSet<String>>,
+    pub limits: RequestLimits,
+}
+
+impl AppState {
+    fn check_model(&self, requested: &str) -> Result<(), ApiError> {
+        if requested == self.model.id {
+            Ok(())
+        } else {
+            Err(ApiError::ModelNotFound(
+                requested.chars().take(128).collect(),
+            ))
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/models", get(handlers::models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .fallback(|| async { ApiError::UnknownRoute })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,321 @@
+//! Typed server configuration from a TOML file (see `configs/`).
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default), every problem is
+//! reported at once, and secrets are only ever referenced by path — never inline. Relative paths
+//! are resolved against the directory of the config file, so a config works from any working
+//! directory.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::api::RequestLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    tls: RawTls,
+    model: RawModel,
+    keys: RawKeys,
+    auth: RawAuth,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: SocketAddr,
+    #[serde(default = "default_queue")]
+    queue_capacity: usize,
+    /// Refuse to start when the weights cannot be `mlock`ed (recommended).
+    #[serde(default = "yes")]
+    require_locked_weights: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: String,
+    sealed: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    keyring: PathBuf,
+    trusted_publishers: Vec<RawPublisher>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublisher {
+    id: String,
+    public_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwks: PathBuf,
+    issuer: String,
+    audience: String,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    /// Private key of the development token issuer (`cloister token mint`); never used by `serve`.
+    dev_issuer_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_prompt_bytes: Option<usize>,
+    max_messages: Option<usize>,
+    max_tokens_cap: Option<usize>,
+    chat_default_max_tokens: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    id: String,
+}
+
+fn default_queue() -> usize {
+    64
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+
+/// A checked configuration with absolute paths.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub queue_capacity: usize,
+    pub require_locked_weights: bool,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub model_id: String,
+    pub sealed_model: PathBuf,
+    pub keyring: PathBuf,
+    pub trusted_publishers: Vec<(String, PathBuf)>,
+    pub jwks: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    pub dev_issuer_key: Option<PathBuf>,
+    pub limits: RequestLimits,
+    pub tenants: Vec<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Parses and checks `text`; relative paths are resolved against `base`. File existence is
+    /// not checked here (see [`Config::missing_files`]).
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        if raw.server.queue_capacity == 0 || raw.server.queue_capacity > 100_000 {
+            problems.push("server.queue_capacity must be between 1 and 100000".into());
+        }
+        if raw.model.id.is_empty() || raw.model.id.len() > 128 {
+            problems.push("model.id must be 1 to 128 characters".into());
+        }
+        if raw.keys.trusted_publishers.is_empty() {
+            problems.push("keys.trusted_publishers must name at least one publisher key".into());
+        }
+        if raw.auth.issuer.is_empty() || raw.auth.audience.is_empty() {
+            problems.push("auth.issuer and auth.audience must not be empty".into());
+        }
+        if raw.auth.leeway_secs > 300 {
+            problems.push("auth.leeway_secs must be at most 300".into());
+        }
+        let mut seen = HashSet::new();
+        for t in &raw.tenants {
+            let ok = !t.id.is_empty()
+                && t.id.len() <= 64
+                && t.id.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !ok {
+                problems.push(format!(
+                    "tenant id {:?} must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                    t.id
+                ));
+            }
+            if !seen.insert(t.id.as_str()) {
+                problems.push(format!("tenant {:?} is listed twice", t.id));
+            }
+        }
+        if raw.tenants.is_empty() {
+            problems.push("at least one [[tenants]] entry is required".into());
+        }
+        let d = RequestLimits::default();
+        let limits = RequestLimits {
+            max_prompt_bytes: raw.limits.max_prompt_bytes.unwrap_or(d.max_prompt_bytes),
+            max_messages: raw.limits.max_messages.unwrap_or(d.max_messages),
+            max_tokens_cap: raw.limits.max_tokens_cap.unwrap_or(d.max_tokens_cap),
+            chat_default_max_tokens: raw
+                .limits
+                .chat_default_max_tokens
+                .unwrap_or(d.chat_default_max_tokens),
+        };
+        if limits.max_prompt_bytes == 0 || limits.max_prompt_bytes > 900 * 1024 {
+            problems.push("limits.max_prompt_bytes must be between 1 and 921600".into());
+        }
+        if limits.max_tokens_cap == 0 || limits.chat_default_max_tokens == 0 {
+            problems.push("limits.max_tokens_cap and chat_default_max_tokens must be >= 1".into());
+        }
+        if limits.chat_default_max_tokens > limits.max_tokens_cap {
+            problems.push("limits.chat_default_max_tokens must not exceed max_tokens_cap".into());
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Config {
+            listen: raw.server.listen,
+            queue_capacity: raw.server.queue_capacity,
+            require_locked_weights: raw.server.require_locked_weights,
+            tls_cert: abs(&raw.tls.cert),
+            tls_key: abs(&raw.tls.key),
+            model_id: raw.model.id,
+            sealed_model: abs(&raw.model.sealed),
+            keyring: abs(&raw.keys.keyring),
+            trusted_publishers: raw
+                .keys
+                .trusted_publishers
+                .iter()
+                .map(|p| (p.id.clone(), abs(&p.public_key)))
+                .collect(),
+            jwks: abs(&raw.auth.jwks),
+            issuer: raw.auth.issuer,
+            audience: raw.auth.audience,
+            leeway_secs: raw.auth.leeway_secs,
+            dev_issuer_key: raw.auth.dev_issuer_key.as_deref().map(abs),
+            limits,
+            tenants: raw.tenants.into_iter().map(|t| t.id).collect(),
+        })
+    }
+
+    /// Files the server needs at start-up that do not exist, all at once.
+    pub fn missing_files(&self) -> Vec<String> {
+        let mut files: Vec<(&str, &Path)> = vec![
+            ("tls.cert", &self.tls_cert),
+            ("tls.key", &self.tls_key),
+            ("model.sealed", &self.sealed_model),
+            ("keys.keyring", &self.keyring),
+            ("auth.jwks", &self.jwks),
+        ];
+        for (_, p) in &self.trusted_publishers {
+            files.push(("keys.trusted_publishers", p));
+        }
+        files
+            .into_iter()
+            .filter(|(_, p)| !p.exists())
+            .map(|(k, p)| format!("{k}: {} does not exist", p.display()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:8443"
+        [tls]
+        cert = "tls/cert.pem"
+        key = "/abs/key.pem"
+        [model]
+        id = "m"
+        sealed = "m.sealed"
+        [keys]
+        keyring = "kek.json"
+        trusted_publishers = [{ id = "dev", public_key = "pub.pem" }]
+        [auth]
+        jwks = "jwks.json"
+        issuer = "iss"
+        audience = "aud"
+        [[tenants]]
+        id = "demo"
+    "#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let c = Config::parse(GOOD, Path::new("/etc/cloister")).expect("valid");
+        assert_eq!(c.tls_cert, Path::new("/etc/cloister/tls/cert.pem"));
+        assert_eq!(c.tls_key, Path::new("/abs/key.pem"));
+        assert_eq!(c.queue_capacity, 64);
+        assert!(c.require_locked_weights);
+        assert_eq!(c.tenants, vec!["demo".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let bad = GOOD.replace("[model]", "[model]\nsealed_typo = 1");
+        let err = Config::parse(&bad, Path::new("/")).expect_err("unknown key");
+        assert!(err[0].contains("sealed_typo"), "{err:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let bad = GOOD
+            .replace("id = \"demo\"", "id = \"Demo!\"")
+            .replace("issuer = \"iss\"", "issuer = \"\"")
+            .replace(
+                "listen = \"127.0.0.1:8443\"",
+                "listen = \"127.0.0.1:8443\"\nqueue_capacity = 0",
+            );
+        let err = Config::parse(&bad, Path::new("/")).expect_err("invalid");
+        assert_eq!(err.len(), 3, "{err:?}");
+    }
+}

@@ -1,0 +1,38 @@
+//! Cloister: a confidential multi-tenant LLM inference server.
+//!
+//! Model weights are sealed at rest (chunked AES-256-GCM, Ed25519-signed, DEK wrapped by a KEK),
+//! decrypted only into locked, non-dumpable memory, and served over HTTPS with an
+//! OpenAI-compatible API to JWT-authenticated tenants.
+//!
+//! # Layout
+//!
+//! Pure core (no I/O, no clocks, no async):
+//! - [`seal`]: the sealed-model container: format, streaming AEAD, signatures, rewrap.
+//! - [`keys`]: KEK/DEK types, the `KeyProvider` trait, the local keyring, publisher keys.
+//! - [`auth`]: JWT verification against a JWKS, principals and scopes, dev token minting.
+//! - [`tokenizer`]: byte-level BPE from GGUF metadata and the model's chat template.
+//! - [`sampling`]: seeded sampling and stop sequences.
+//!
+//! Adapters:
+//! - [`securemem`]: the locked, non-dumpable, zeroize-on-drop region for plaintext weights.
+//! - [`engine`]: the forward pass over the locked weights and the engine thread.
+//! - [`model`]: fetching the demo model, sealing GGUF files, loading sealed models.
+//! - [`api`]: axum routes, DTOs, validation and the one error-to-HTTP mapping.
+//! - [`tls`]: rustls server configuration and development certificates.
+//! - [`config`]: the typed TOML configuration.
+//! - [`devstate`]: the development state folder (`.cloister/`).
+//! - [`server`]: the composition root and graceful shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod devstate;
+pub mod engine;
+pub mod keys;
+pub mod model;
+pub mod sampling;
+pub mod seal;
+pub mod securemem;
+pub mod server;
+pub mod tls;
+pub mod tokenizer;

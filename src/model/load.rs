@@ -1,0 +1,200 @@
+//! Loading a sealed model: verify, unwrap, decrypt `meta` into zeroizing memory and `tensors`
+//! straight into the locked region, then build the model, tokenizer and chat template.
+//!
+//! Every failure of the sealed file (wrong key, flipped bit, truncation, untrusted signer) comes
+//! out as the one opaque [`LoadError::Rejected`], so the error is no oracle.
+
+use std::fs::File;
+use std::io::{BufReader, Cursor};
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::engine::LlamaModel;
+use crate::keys::{parse_public_key, Keyring, TrustedPublishers};
+use crate::seal::{SealError, SealedFile};
+use crate::securemem::{LockPolicy, LockedRegion};
+use crate::tokenizer::{ChatTemplate, ModelTokenizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{what} {path} is invalid: {reason}")]
+    Key {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    /// Deliberately says nothing about which check failed.
+    #[error("sealed model {path} rejected: integrity, signature or key check failed")]
+    Rejected { path: String },
+    #[error("cannot allocate locked memory for the weights: {0}")]
+    Memory(std::io::Error),
+    #[error("sealed model {path} holds an unusable model: {reason}")]
+    Model { path: String, reason: String },
+}
+
+/// A model ready to serve.
+pub struct LoadedModel {
+    pub model: Arc<LlamaModel>,
+    pub tokenizer: Arc<ModelTokenizer>,
+    pub chat: ChatTemplate,
+    /// `id@version` of the KEK that unwrapped the DEK (for the audit trail).
+    pub kek: String,
+    pub publisher: String,
+    pub weights_locked: bool,
+    /// The locked region holding the tensor data (kept for memory-scan tests).
+    pub weights: Arc<LockedRegion>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("kek", &self.kek)
+            .field("publisher", &self.publisher)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the keyring and trusted publisher keys named by the config.
+pub fn load_key_material(cfg: &Config) -> Result<(Keyring, TrustedPublishers), LoadError> {
+    let keyring_path = cfg.keyring.display().to_string();
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(&cfg.keyring).map_err(|source| LoadError::Io {
+                what: "keyring",
+                path: keyring_path.clone(),
+                source,
+            })?,
+        );
+    let keyring = Keyring::from_json(&text).map_err(|e| LoadError::Key {
+        what: "keyring",
+        path: keyring_path,
+        reason: e.to_string(),
+    })?;
+    let mut trusted = TrustedPublishers::new();
+    for (id, path) in &cfg.trusted_publishers {
+        let p = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+            what: "publisher key",
+            path: p.clone(),
+            source,
+        })?;
+        parse_public_key(&pem)
+            .and_then(|k| trusted.insert(id, k))
+            .map_err(|e| LoadError::Key {
+                what: "publisher key",
+                path: p,
+                reason: e.to_string(),
+            })?;
+    }
+    Ok((keyring, trusted))
+}
+
+pub fn load_sealed_model(cfg: &Config) -> Result<LoadedModel, LoadError> {
+    let (keyring, trusted) = load_key_material(cfg)?;
+    let policy = if cfg.require_locked_weights {
+        LockPolicy::Required
+    } else {
+        LockPolicy::BestEffort
+    };
+    open_sealed(&cfg.sealed_model, &keyring, &trusted, policy)
+}
+
+/// Opens, verifies and decrypts a sealed GGUF model.
+pub fn open_sealed(
+    path: &Path,
+    keyring: &Keyring,
+    trusted: &TrustedPublishers,
+    policy: LockPolicy,
+) -> Result<LoadedModel, LoadError> {
+    let p = path.display().to_string();
+    let rejected = |_: SealError| LoadError::Rejected { path: p.clone() };
+    let file = File::open(path).map_err(|source| LoadError::Io {
+        what: "sealed model",
+        path: p.clone(),
+        source,
+    })?;
+    let mut sealed = SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keyring)
+        .map_err(rejected)?;
+    let header = sealed.header().clone();
+    let meta_len =
+        usize::try_from(header.meta_len()).map_err(|_| LoadError::Rejected { path: p.clone() })?;
+    let tensors_len = usize::try_from(header.tensors_len())
+        .map_err(|_| LoadError::Rejected { path: p.clone() })?;
+    let mut meta = Zeroizing::new(vec![0u8; meta_len]);
+    sealed.decrypt_meta_into(&mut meta).map_err(rejected)?;
+    let mut region = LockedRegion::new(tensors_len, policy).map_err(LoadError::Memory)?;
+    sealed
+        .decrypt_tensors_into(region.as_mut_slice())
+        .map_err(rejected)?;
+    let weights = Arc::new(region);
+    let kek = format!(
+        "{}@{}",
+        sealed.envelope().kek().id,
+        sealed.envelope().kek().version
+    );
+    let publisher = header.publisher_key_id().to_string();
+
+    let model_err = |reason: String| LoadError::Model {
+        path: p.clone(),
+        reason,
+    };
+    let ct = gguf_file::Content::read(&mut Cursor::new(&meta[..]))
+        .map_err(|e| model_err(e.to_string()))?;
+    if ct.tensor_data_offset != header.meta_len() {
+        return Err(model_err(
+            "GGUF header length does not match the sealed meta segment".into(),
+        ));
+    }
+    let spec = super::tokenizer_spec(&ct).map_err(model_err)?;
+    let tokenizer = ModelTokenizer::from_spec(&spec).map_err(|e| model_err(e.to_string()))?;
+    let chat = ChatTemplate::from_spec(&spec).map_err(|e| model_err(e.to_string()))?;
+    let model = LlamaModel::load(&ct, weights.clone()).map_err(|e| model_err(e.to_string()))?;
+    Ok(LoadedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        chat,
+        kek,
+        publisher,
+        weights_locked: weights.is_locked(),
+        weights,
+    })
+}
+
+/// Checks a sealed file's signature and every chunk tag without producing plaintext; returns a
+/// one-line description for the CLI.
+pub fn verify_sealed_file(
+    path: &Path,
+    keyring: &Keyring,
+    trusted: &TrustedPublishers,
+) -> Result<String, LoadError> {
+    let p = path.display().to_string();
+    let rejected = |_: SealError| LoadError::Rejected { path: p.clone() };
+    let file = File::open(path).map_err(|source| LoadError::Io {
+        what: "sealed model",
+        path: p.clone(),
+        source,
+    })?;
+    let mut sealed = SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keyring)
+        .map_err(rejected)?;
+    sealed.verify_all_tags().map_err(rejected)?;
+    let h = sealed.header();
+    Ok(format!(
+        "model {:?}, meta {} B, tensors {} B, KEK {}@{}, publisher {}",
+        h.model_id(),
+        h.meta_len(),
+        h.tensors_len(),
+        sealed.envelope().kek().id,
+        sealed.envelope().kek().version,
+        h.publisher_key_id()
+    ))
+}

@@ -1,0 +1,163 @@
+//! Composition root: loads the sealed model, starts the engine, and serves the API over TLS
+//! until shutdown (SIGINT/SIGTERM in the CLI; a future in tests).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::api::{self, AppState, ServedModel};
+use crate::auth::{JwtVerifier, VerifyPolicy};
+use crate::config::Config;
+use crate::engine::EngineHandle;
+use crate::model::{load_sealed_model, LoadError};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration problems:\n  - {}", .0.join("\n  - "))]
+    Missing(Vec<String>),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("JWKS {path}: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    handle: axum_server::Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish (bounded), and waits.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.handle.graceful_shutdown(Some(DRAIN));
+        self.task.await.map_err(std::io::Error::other)?
+    }
+
+    /// Waits until the server stops by itself (it only does on error).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+
+    pub fn handle(&self) -> axum_server::Handle {
+        self.handle.clone()
+    }
+}
+
+/// Loads everything `cfg` names and starts serving on `listener`.
+pub async fn start(
+    cfg: Config,
+    listener: std::net::TcpListener,
+) -> Result<RunningServer, ServeError> {
+    let missing = cfg.missing_files();
+    if !missing.is_empty() {
+        return Err(ServeError::Missing(missing));
+    }
+    let tls = crate::tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
+    let verifier = load_verifier(&cfg)?;
+    let load_cfg = cfg.clone();
+    let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
+        .await
+        .map_err(std::io::Error::other)??;
+    tracing::info!(
+        model = %cfg.model_id,
+        kek = %loaded.kek,
+        publisher = %loaded.publisher,
+        locked = loaded.weights_locked,
+        "sealed model loaded"
+    );
+    let engine = EngineHandle::start(
+        loaded.model.clone(),
+        loaded.tokenizer.clone(),
+        cfg.queue_capacity,
+    )?;
+    let state = AppState {
+        engine,
+        model: Arc::new(ServedModel {
+            id: cfg.model_id.clone(),
+            tokenizer: loaded.tokenizer,
+            chat: loaded.chat,
+            context_length: loaded.model.config().context_length,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }),
+        verifier: Arc::new(verifier),
+        tenants: Arc::new(cfg.tenants.iter().cloned().collect::<HashSet<_>>()),
+        limits: cfg.limits.clone(),
+    };
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
+        .handle(handle.clone());
+    let app = api::router(state);
+    let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    Ok(RunningServer { addr, handle, task })
+}
+
+fn load_verifier(cfg: &Config) -> Result<JwtVerifier, ServeError> {
+    let err = |reason: String| ServeError::Jwks {
+        path: cfg.jwks.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(&cfg.jwks).map_err(|e| err(e.to_string()))?;
+    let jwks = crate::auth::Jwks::from_json(&bytes).map_err(|e| err(e.to_string()))?;
+    Ok(JwtVerifier::new(
+        jwks,
+        VerifyPolicy {
+            leeway_secs: cfg.leeway_secs,
+            ..VerifyPolicy::new(cfg.issuer.clone(), cfg.audience.clone())
+        },
+    ))
+}
+
+/// Runs until SIGINT or SIGTERM, then drains.
+pub async fn serve_until_signal(cfg: Config) -> Result<(), ServeError> {
+    let listener = std::net::TcpListener::bind(cfg.listen)?;
+    let server = start(cfg, listener).await?;
+    tracing::info!(addr = %server.addr, "listening (https)");
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal: draining in-flight requests");
+        handle.graceful_shutdown(Some(DRAIN));
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,185 @@
+//! Shared fixtures for the integration tests: the real demo model (fetched and verified by the
+//! project's own code), dev keys in a temporary state folder, the sealed model, and a real
+//! server on 127.0.0.1:0 over TLS.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cloister::auth::{DevIssuer, MintRequest, Scope, TenantId};
+use cloister::config::Config;
+use cloister::devstate::{self, StatePaths};
+use cloister::keys::{Keyring, PublisherKey};
+use cloister::model::{self, fetch};
+
+pub const MODEL_ID: &str = "smollm2-135m-instruct";
+pub const ISSUER: &str = "https://issuer.test";
+pub const AUDIENCE: &str = "cloister-test";
+
+pub struct Fixture {
+    _dir: tempfile::TempDir,
+    pub state: StatePaths,
+    pub gguf: PathBuf,
+    pub config_path: PathBuf,
+    pub cfg: Config,
+}
+
+impl Fixture {
+    pub fn keyring(&self) -> Keyring {
+        Keyring::from_json(&std::fs::read_to_string(self.state.keyring()).expect("keyring"))
+            .expect("keyring json")
+    }
+
+    pub fn publisher(&self) -> PublisherKey {
+        let pem = std::fs::read_to_string(self.state.publisher_key()).expect("publisher");
+        PublisherKey::from_pkcs8_pem(devstate::DEV_PUBLISHER_ID, &pem).expect("publisher pem")
+    }
+
+    pub fn issuer(&self) -> DevIssuer {
+        let pem = std::fs::read_to_string(self.state.issuer_key()).expect("issuer");
+        DevIssuer::from_pkcs8_pem(devstate::DEV_JWT_KID, &pem).expect("issuer pem")
+    }
+
+    pub fn token(&self, tenant: &str, scopes: &[Scope]) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        self.issuer()
+            .mint(MintRequest {
+                issuer: ISSUER.into(),
+                audience: AUDIENCE.into(),
+                subject: "test".into(),
+                tenant: TenantId::new(tenant).expect("tenant id"),
+                scopes: scopes.iter().copied().collect(),
+                ttl_secs: 600,
+                now_unix: now,
+            })
+            .expect("mint")
+    }
+}
+
+/// The demo model sealed with fresh dev keys, once per test binary.
+pub fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let gguf = fetch::demo_model(&fetch::default_cache_dir()).expect("fetch demo model");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StatePaths::new(dir.path().join("state"));
+        devstate::init(&state).expect("init dev state");
+        let sealed = state.sealed_model(MODEL_ID);
+        let keyring =
+            Keyring::from_json(&std::fs::read_to_string(state.keyring()).expect("kr")).expect("kr");
+        let pem = std::fs::read_to_string(state.publisher_key()).expect("pub");
+        let publisher =
+            PublisherKey::from_pkcs8_pem(devstate::DEV_PUBLISHER_ID, &pem).expect("pub");
+        model::seal_gguf_file(
+            &gguf,
+            &sealed,
+            MODEL_ID,
+            &keyring,
+            &publisher,
+            &mut |_, _| {},
+        )
+        .expect("seal demo model");
+        let toml = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+queue_capacity = 8
+[tls]
+cert = "{cert}"
+key = "{key}"
+[model]
+id = "{MODEL_ID}"
+sealed = "{sealed}"
+[keys]
+keyring = "{keyring}"
+trusted_publishers = [{{ id = "{pid}", public_key = "{pubkey}" }}]
+[auth]
+jwks = "{jwks}"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+dev_issuer_key = "{issuer_key}"
+[[tenants]]
+id = "demo"
+[[tenants]]
+id = "acme"
+"#,
+            cert = state.tls_cert().display(),
+            key = state.tls_key().display(),
+            sealed = sealed.display(),
+            keyring = state.keyring().display(),
+            pid = devstate::DEV_PUBLISHER_ID,
+            pubkey = state.publisher_public().display(),
+            jwks = state.jwks().display(),
+            issuer_key = state.issuer_key().display(),
+        );
+        let config_path = dir.path().join("test.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let cfg = Config::load(&config_path).expect("config");
+        Fixture {
+            _dir: dir,
+            state,
+            gguf,
+            config_path,
+            cfg,
+        }
+    })
+}
+
+/// A running server on its own runtime (lives as long as the test binary).
+pub struct TestServer {
+    pub url: String,
+    pub ca_pem: Vec<u8>,
+}
+
+pub fn server() -> &'static TestServer {
+    static S: OnceLock<TestServer> = OnceLock::new();
+    S.get_or_init(|| {
+        let f = fixture();
+        let cfg = f.cfg.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let server = cloister::server::start(cfg, listener)
+                    .await
+                    .expect("server start");
+                tx.send(server.addr).expect("send addr");
+                let _ = server.wait().await;
+            });
+        });
+        let addr = rx.recv().expect("server address");
+        TestServer {
+            url: format!("https://127.0.0.1:{}", addr.port()),
+            ca_pem: std::fs::read(f.state.tls_cert()).expect("ca"),
+        }
+    })
+}
+
+/// An HTTPS client that trusts only the test server's dev certificate.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = reqwest::Certificate::from_pem(&server().ca_pem).expect("ca pem");
+    reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client")
+}
+
+/// Reference data from ../shared/reference.
+pub fn reference(name: &str) -> serde_json::Value {
+    let dir = std::env::var_os("CLOISTER_REFERENCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+    let text = std::fs::read_to_string(dir.join(name))
+        .unwrap_or_else(|e| panic!("reference {name} in {}: {e}", dir.display()));
+    serde_json::from_str(&text).expect("reference json")
+}

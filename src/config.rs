@@ -156,13 +156,7 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<String>> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let mut problems = Vec::new();
-        let abs = |p: &Path| -> PathBuf {
-            if p.is_absolute() {
-                p.to_owned()
-            } else {
-                base.join(p)
-            }
-        };
+        let abs = |p: &Path| -> PathBuf { normalize(&base.join(p)) };
         if raw.server.queue_capacity == 0 || raw.server.queue_capacity > 100_000 {
             problems.push("server.queue_capacity must be between 1 and 100000".into());
         }
@@ -265,6 +259,30 @@ impl Config {
     }
 }
 
+/// Removes `.` and `name/..` pairs without touching the file system (the files may not exist
+/// yet), so paths in messages read the way an operator would write them.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +312,12 @@ mod tests {
         let c = Config::parse(GOOD, Path::new("/etc/cloister")).expect("valid");
         assert_eq!(c.tls_cert, Path::new("/etc/cloister/tls/cert.pem"));
         assert_eq!(c.tls_key, Path::new("/abs/key.pem"));
+        let c = Config::parse(
+            &GOOD.replace("m.sealed", "../state/./m.sealed"),
+            Path::new("configs"),
+        )
+        .expect("valid");
+        assert_eq!(c.sealed_model, Path::new("state/m.sealed"));
         assert_eq!(c.queue_capacity, 64);
         assert!(c.require_locked_weights);
         assert_eq!(c.tenants, vec!["demo".to_string()]);

@@ -159,9 +159,12 @@ fn main() -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries command output (tokens, reports) for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -306,9 +309,13 @@ fn seal_with_progress(
     )?;
     bar.finish_and_clear();
     eprintln!(
-        "sealed {} -> {} ({summary:?})",
+        "sealed {} -> {} ({} chunks, KEK {}@{}, publisher {})",
         input.display(),
-        output.display()
+        output.display(),
+        summary.layout.meta.chunk_count + summary.layout.tensors.chunk_count,
+        summary.envelope.kek().id,
+        summary.envelope.kek().version,
+        summary.header.publisher_key_id()
     );
     Ok(())
 }

@@ -1,0 +1,142 @@
+//! Sealed-model load cost, as ratios measured in one run (these machines are noisy):
+//! - sealed-load time / plaintext-load time for the demo model (goal <= 1.2);
+//! - seal and unseal (verify + decrypt) throughput in MB/s.
+//!
+//! Both loads end in the same place: tensor data in a locked region, model and tokenizer built.
+//! The plaintext path reads the GGUF file directly (what an unsealed server would do).
+//!
+//! Run: `cargo bench --bench sealed_load`
+
+use std::fs::File;
+use std::io::{BufReader, Cursor, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use cloister::devstate::{self, StatePaths};
+use cloister::engine::LlamaModel;
+use cloister::keys::{Keyring, PublisherKey, TrustedPublishers};
+use cloister::model::{self, fetch, open_sealed};
+use cloister::seal::SealedFile;
+use cloister::securemem::{LockPolicy, LockedRegion};
+use cloister::tokenizer::{ChatTemplate, ModelTokenizer};
+
+const ROUNDS: usize = 5;
+
+fn plaintext_load(path: &std::path::Path) -> Arc<LlamaModel> {
+    let mut f = BufReader::with_capacity(1 << 20, File::open(path).expect("open gguf"));
+    let ct = gguf_file::Content::read(&mut f).expect("gguf header");
+    let total = std::fs::metadata(path).expect("meta").len() as usize;
+    let mut region =
+        LockedRegion::new(total - ct.tensor_data_offset as usize, LockPolicy::Required)
+            .expect("lock");
+    let mut f = File::open(path).expect("open");
+    std::io::copy(
+        &mut (&mut f).take(ct.tensor_data_offset),
+        &mut std::io::sink(),
+    )
+    .expect("skip");
+    f.read_exact(region.as_mut_slice()).expect("read tensors");
+    let spec = model::tokenizer_spec(&ct).expect("spec");
+    let _tok = ModelTokenizer::from_spec(&spec).expect("tokenizer");
+    let _chat = ChatTemplate::from_spec(&spec).expect("chat");
+    Arc::new(LlamaModel::load(&ct, Arc::new(region)).expect("model"))
+}
+
+fn best(times: &[Duration]) -> f64 {
+    times
+        .iter()
+        .map(Duration::as_secs_f64)
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let gguf = fetch::demo_model(&fetch::default_cache_dir()).expect("demo model");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = StatePaths::new(dir.path());
+    devstate::init(&state).expect("dev keys");
+    let keyring =
+        Keyring::from_json(&std::fs::read_to_string(state.keyring()).expect("kr")).expect("kr");
+    let pem = std::fs::read_to_string(state.publisher_key()).expect("pub");
+    let publisher = PublisherKey::from_pkcs8_pem(devstate::DEV_PUBLISHER_ID, &pem).expect("pub");
+    let mut trusted = TrustedPublishers::new();
+    trusted
+        .insert(devstate::DEV_PUBLISHER_ID, publisher.verifying_key())
+        .expect("trust");
+    let bytes = std::fs::metadata(&gguf).expect("meta").len() as f64;
+
+    let mut seal_times = Vec::new();
+    let mut plain_times = Vec::new();
+    let mut sealed_times = Vec::new();
+    let mut unseal_times = Vec::new();
+    let sealed = dir.path().join("bench.sealed");
+    for round in 0..ROUNDS {
+        let _ = std::fs::remove_file(&sealed);
+        let t = Instant::now();
+        model::seal_gguf_file(
+            &gguf,
+            &sealed,
+            "bench",
+            &keyring,
+            &publisher,
+            &mut |_, _| {},
+        )
+        .expect("seal");
+        seal_times.push(t.elapsed());
+
+        // Alternate the order so neither side always runs with a warmer page cache.
+        let mut run_plain = || {
+            let t = Instant::now();
+            std::hint::black_box(plaintext_load(&gguf));
+            plain_times.push(t.elapsed());
+        };
+        let mut run_sealed = || {
+            let t = Instant::now();
+            std::hint::black_box(
+                open_sealed(&sealed, &keyring, &trusted, LockPolicy::Required).expect("load"),
+            );
+            sealed_times.push(t.elapsed());
+        };
+        if round % 2 == 0 {
+            run_plain();
+            run_sealed();
+        } else {
+            run_sealed();
+            run_plain();
+        }
+
+        // Unseal alone: signature check + decrypt of both segments into locked memory.
+        let t = Instant::now();
+        let mut sf = SealedFile::open(
+            BufReader::with_capacity(1 << 20, File::open(&sealed).expect("open")),
+            &trusted,
+            &keyring,
+        )
+        .expect("open sealed");
+        let mut meta = zeroize::Zeroizing::new(vec![0u8; sf.header().meta_len() as usize]);
+        sf.decrypt_meta_into(&mut meta).expect("meta");
+        let mut region =
+            LockedRegion::new(sf.header().tensors_len() as usize, LockPolicy::Required)
+                .expect("lock");
+        sf.decrypt_tensors_into(region.as_mut_slice())
+            .expect("tensors");
+        unseal_times.push(t.elapsed());
+        std::hint::black_box(Cursor::new(&meta[..]));
+    }
+    let (plain, sealed_load) = (best(&plain_times), best(&sealed_times));
+    println!("demo model: {:.1} MB, best of {ROUNDS} rounds", bytes / 1e6);
+    println!("plaintext load       {:8.1} ms", plain * 1e3);
+    println!("sealed load          {:8.1} ms", sealed_load * 1e3);
+    println!(
+        "sealed/plaintext     {:8.3}  (goal <= 1.2)",
+        sealed_load / plain
+    );
+    println!(
+        "seal throughput      {:8.1} MB/s",
+        bytes / best(&seal_times) / 1e6
+    );
+    println!(
+        "unseal throughput    {:8.1} MB/s",
+        bytes / best(&unseal_times) / 1e6
+    );
+}

@@ -1,0 +1,230 @@
+//! The `cloister` binary itself: key set-up, sealing and verifying the real model, minting a
+//! token, serving, and a clean exit on SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixture, MODEL_ID};
+
+fn cloister() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cloister"));
+    c.env("CLOISTER_LOG", "info");
+    c
+}
+
+fn run_ok(c: &mut Command) -> String {
+    let out = c.output().expect("run cloister");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn help_teaches_every_subcommand() {
+    let help = run_ok(cloister().arg("--help"));
+    for sub in ["quickstart", "serve", "seal", "verify", "token", "keys"] {
+        assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
+    }
+    let seal_help = run_ok(cloister().args(["seal", "--help"]));
+    assert!(
+        seal_help.contains("--model-id") && seal_help.contains("--keyring"),
+        "{seal_help}"
+    );
+}
+
+#[test]
+fn seal_verify_and_refuse_overwrite_through_the_cli() {
+    let f = fixture();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("cli.sealed");
+    run_ok(
+        cloister()
+            .args(["seal", "--model-id", MODEL_ID])
+            .arg("--input")
+            .arg(&f.gguf)
+            .arg("--output")
+            .arg(&out)
+            .arg("--keyring")
+            .arg(f.state.keyring())
+            .arg("--publisher-key")
+            .arg(f.state.publisher_key()),
+    );
+    // The sealed file never contains the plaintext: a 4 KiB window of tensor data is absent.
+    let plain = std::fs::read(&f.gguf).expect("gguf");
+    let sealed = std::fs::read(&out).expect("sealed");
+    let window = &plain[plain.len() / 2..plain.len() / 2 + 4096];
+    assert!(
+        !sealed.windows(window.len()).any(|w| w == window),
+        "plaintext leaked into sealed file"
+    );
+
+    let report = run_ok(
+        cloister()
+            .arg("verify")
+            .arg(&out)
+            .arg("--config")
+            .arg(&f.config_path),
+    );
+    assert!(report.contains("OK"), "{report}");
+    // A flipped bit makes `verify` fail with the opaque message.
+    let mut bad = sealed.clone();
+    let n = bad.len();
+    bad[n / 3] ^= 4;
+    let bad_path = dir.path().join("bad.sealed");
+    std::fs::write(&bad_path, bad).expect("write");
+    let o = cloister()
+        .arg("verify")
+        .arg(&bad_path)
+        .arg("--config")
+        .arg(&f.config_path)
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("integrity, signature or key check failed"));
+    // Sealing onto an existing file is refused.
+    let o = cloister()
+        .args(["seal", "--model-id", MODEL_ID])
+        .arg("--input")
+        .arg(&f.gguf)
+        .arg("--output")
+        .arg(&out)
+        .arg("--keyring")
+        .arg(f.state.keyring())
+        .arg("--publisher-key")
+        .arg(f.state.publisher_key())
+        .output()
+        .expect("run");
+    assert!(!o.status.success());
+}
+
+#[test]
+fn token_mint_prints_a_verifiable_jwt() {
+    let f = fixture();
+    let token = run_ok(
+        cloister()
+            .args([
+                "token",
+                "mint",
+                "--tenant",
+                "acme",
+                "--scope",
+                "inference",
+                "--ttl",
+                "60",
+            ])
+            .arg("--config")
+            .arg(&f.config_path),
+    );
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let jwks = cloister::auth::Jwks::from_json(&std::fs::read(f.state.jwks()).expect("jwks"))
+        .expect("jwks");
+    let verifier = cloister::auth::JwtVerifier::new(
+        jwks,
+        cloister::auth::VerifyPolicy::new(common::ISSUER, common::AUDIENCE),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    let p = verifier.verify(token, now).expect("minted token verifies");
+    assert_eq!(p.tenant.as_str(), "acme");
+    assert!(p.require(cloister::auth::Scope::Inference).is_ok());
+    assert!(p.require(cloister::auth::Scope::UsageRead).is_err());
+}
+
+#[test]
+fn serve_starts_answers_and_exits_cleanly_on_sigterm() {
+    let f = fixture();
+    let mut child = cloister()
+        .args(["serve", "--config"])
+        .arg(&f.config_path)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut port = None;
+    let mut log = Vec::new();
+    while port.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                port = rest
+                    .trim()
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok());
+            }
+            log.push(line);
+        }
+    }
+    let port =
+        port.unwrap_or_else(|| panic!("server did not report its address:\n{}", log.join("\n")));
+    assert!(
+        log.iter().any(|l| l.contains("sealed model loaded")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .all(|l| !l.contains("BEGIN") && !l.contains("eyJ")),
+        "secrets in logs: {log:?}"
+    );
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(f.state.tls_cert()).expect("ca"))
+        .expect("pem");
+    let client = reqwest::blocking_client(ca);
+    let status = client(&format!("https://127.0.0.1:{port}/healthz"));
+    assert_eq!(status, 200);
+
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(code.success(), "exit status {code}");
+}
+
+mod reqwest {
+    pub use ::reqwest::Certificate;
+
+    /// A tiny blocking GET helper on a private runtime (the test itself is synchronous).
+    pub fn blocking_client(ca: Certificate) -> impl Fn(&str) -> u16 {
+        move |url: &str| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            let client = ::reqwest::Client::builder()
+                .add_root_certificate(ca.clone())
+                .build()
+                .expect("client");
+            rt.block_on(async { client.get(url).send().await.expect("get").status().as_u16() })
+        }
+    }
+}

@@ -5,13 +5,14 @@
 //! are resolved against the directory of the config file, so a config works from any working
 //! directory.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::api::RequestLimits;
+use crate::limits::Plan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,8 +38,18 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     limits: RawLimits,
+    ledger: RawLedger,
+    #[serde(default)]
+    plans: BTreeMap<String, Plan>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    /// SQLite file holding the durable token-quota ledger.
+    path: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +116,8 @@ struct RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     id: String,
+    /// Name of a `[plans.NAME]` table.
+    plan: String,
 }
 
 fn default_queue() -> usize {
@@ -135,7 +148,16 @@ pub struct Config {
     pub leeway_secs: u64,
     pub dev_issuer_key: Option<PathBuf>,
     pub limits: RequestLimits,
-    pub tenants: Vec<String>,
+    pub ledger: PathBuf,
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// A tenant and the plan it is on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantConfig {
+    pub id: String,
+    pub plan_name: String,
+    pub plan: Plan,
 }
 
 impl Config {
@@ -192,6 +214,27 @@ impl Config {
         if raw.tenants.is_empty() {
             problems.push("at least one [[tenants]] entry is required".into());
         }
+        for (name, plan) in &raw.plans {
+            if let Err(errors) = plan.validate() {
+                for p in errors.0 {
+                    problems.push(format!("plans.{name}: {p}"));
+                }
+            }
+        }
+        let mut tenants = Vec::with_capacity(raw.tenants.len());
+        for t in &raw.tenants {
+            match raw.plans.get(&t.plan) {
+                Some(plan) => tenants.push(TenantConfig {
+                    id: t.id.clone(),
+                    plan_name: t.plan.clone(),
+                    plan: plan.clone(),
+                }),
+                None => problems.push(format!(
+                    "tenant {:?} names plan {:?}, which is not defined under [plans]",
+                    t.id, t.plan
+                )),
+            }
+        }
         let d = RequestLimits::default();
         let limits = RequestLimits {
             max_prompt_bytes: raw.limits.max_prompt_bytes.unwrap_or(d.max_prompt_bytes),
@@ -235,7 +278,8 @@ impl Config {
             leeway_secs: raw.auth.leeway_secs,
             dev_issuer_key: raw.auth.dev_issuer_key.as_deref().map(abs),
             limits,
-            tenants: raw.tenants.into_iter().map(|t| t.id).collect(),
+            ledger: abs(&raw.ledger.path),
+            tenants,
         })
     }
 
@@ -303,8 +347,17 @@ mod tests {
         jwks = "jwks.json"
         issuer = "iss"
         audience = "aud"
+        [ledger]
+        path = "ledger.sqlite"
+        [plans.basic]
+        requests_per_second = 2
+        tokens_per_minute = 10000
+        max_context_tokens = 8192
+        max_tokens = 1024
+        max_queued = 4
         [[tenants]]
         id = "demo"
+        plan = "basic"
     "#;
 
     #[test]
@@ -320,7 +373,9 @@ mod tests {
         assert_eq!(c.sealed_model, Path::new("state/m.sealed"));
         assert_eq!(c.queue_capacity, 64);
         assert!(c.require_locked_weights);
-        assert_eq!(c.tenants, vec!["demo".to_string()]);
+        assert_eq!(c.tenants[0].id, "demo");
+        assert_eq!(c.tenants[0].plan.max_tokens, 1024);
+        assert_eq!(c.ledger, Path::new("configs/ledger.sqlite"));
     }
 
     #[test]
@@ -339,7 +394,15 @@ mod tests {
                 "listen = \"127.0.0.1:8443\"",
                 "listen = \"127.0.0.1:8443\"\nqueue_capacity = 0",
             );
+        let bad = bad
+            .replace("plan = \"basic\"", "plan = \"gold\"")
+            .replace("max_queued = 4", "max_queued = 0");
         let err = Config::parse(&bad, Path::new("/")).expect_err("invalid");
-        assert_eq!(err.len(), 3, "{err:?}");
+        assert_eq!(err.len(), 5, "{err:?}");
+        assert!(
+            err.iter().any(|e| e.contains("plans.basic: max_queued")),
+            "{err:?}"
+        );
+        assert!(err.iter().any(|e| e.contains("\"gold\"")), "{err:?}");
     }
 }

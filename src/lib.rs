@@ -12,6 +12,8 @@
 //! - [`auth`]: JWT verification against a JWKS, principals and scopes, dev token minting.
 //! - [`tokenizer`]: byte-level BPE from GGUF metadata and the model's chat template.
 //! - [`sampling`]: seeded sampling and stop sequences.
+//! - [`tenant`]: tenants, plans and per-tenant queue slots.
+//! - [`limits`]: plans and GCRA rate limits (requests/s, tokens/min) on an injected clock.
 //!
 //! Adapters:
 //! - [`securemem`]: the locked, non-dumpable, zeroize-on-drop region for plaintext weights.
@@ -21,6 +23,9 @@
 //! - [`tls`]: rustls server configuration and development certificates.
 //! - [`config`]: the typed TOML configuration.
 //! - [`devstate`]: the development state folder (`.cloister/`).
+//! - [`store`]: the durable quota ledger (SQLite, WAL, synchronous=FULL) behind a trait.
+//! - [`metrics`]: Prometheus metrics labelled per tenant.
+//! - [`reload`]: polling hot reload of the JWKS file.
 //! - [`server`]: the composition root and graceful shutdown.
 
 pub mod api;
@@ -29,10 +34,15 @@ pub mod config;
 pub mod devstate;
 pub mod engine;
 pub mod keys;
+pub mod limits;
+pub mod metrics;
 pub mod model;
+pub mod reload;
 pub mod sampling;
 pub mod seal;
 pub mod securemem;
 pub mod server;
+pub mod store;
+pub mod tenant;
 pub mod tls;
 pub mod tokenizer;

@@ -218,6 +218,7 @@ fn quickstart(args: QuickstartArgs) -> Result<()> {
         .tenants
         .first()
         .context("config lists no tenant")?
+        .id
         .clone();
     let token = mint(
         &cfg,

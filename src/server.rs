@@ -1,18 +1,24 @@
 //! Composition root: loads the sealed model, starts the engine, and serves the API over TLS
 //! until shutdown (SIGINT/SIGTERM in the CLI; a future in tests).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
 
+use crate::api::admission::Gate;
 use crate::api::{self, AppState, ServedModel};
-use crate::auth::{JwtVerifier, VerifyPolicy};
+use crate::auth::VerifyPolicy;
 use crate::config::Config;
 use crate::engine::EngineHandle;
+use crate::limits::RateLimits;
+use crate::metrics::Metrics;
 use crate::model::{load_sealed_model, LoadError};
+use crate::store::{Ledger, Quotas, SqliteLedger};
+use crate::tenant::TenantRegistry;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -27,6 +33,8 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
     #[error("JWKS {path}: {reason}")]
     Jwks { path: String, reason: String },
+    #[error("quota ledger {path}: {reason}")]
+    Ledger { path: String, reason: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -66,7 +74,16 @@ pub async fn start(
         return Err(ServeError::Missing(missing));
     }
     let tls = crate::tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
-    let verifier = load_verifier(&cfg)?;
+    let policy = VerifyPolicy {
+        leeway_secs: cfg.leeway_secs,
+        ..VerifyPolicy::new(cfg.issuer.clone(), cfg.audience.clone())
+    };
+    let verifier =
+        crate::reload::load_verifier(&cfg.jwks, &policy).map_err(|reason| ServeError::Jwks {
+            path: cfg.jwks.display().to_string(),
+            reason,
+        })?;
+    let ledger = open_ledger(&cfg)?;
     let load_cfg = cfg.clone();
     let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
         .await
@@ -78,11 +95,19 @@ pub async fn start(
         locked = loaded.weights_locked,
         "sealed model loaded"
     );
+    let metrics = Arc::new(Metrics::new());
     let engine = EngineHandle::start(
         loaded.model.clone(),
         loaded.tokenizer.clone(),
+        metrics.clone(),
         cfg.queue_capacity,
     )?;
+    let rates = Arc::new(RateLimits::new());
+    for t in &cfg.tenants {
+        rates.set_plan(&t.id, &t.plan);
+    }
+    let verifier = Arc::new(ArcSwap::from_pointee(verifier));
+    crate::reload::watch_jwks(cfg.jwks.clone(), policy, verifier.clone());
     let state = AppState {
         engine,
         model: Arc::new(ServedModel {
@@ -94,9 +119,16 @@ pub async fn start(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }),
-        verifier: Arc::new(verifier),
-        tenants: Arc::new(cfg.tenants.iter().cloned().collect::<HashSet<_>>()),
+        verifier,
+        tenants: Arc::new(ArcSwap::from_pointee(TenantRegistry::from_config(
+            &cfg.tenants,
+        ))),
         limits: cfg.limits.clone(),
+        gate: Gate {
+            rates,
+            ledger,
+            metrics,
+        },
     };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -108,20 +140,34 @@ pub async fn start(
     Ok(RunningServer { addr, handle, task })
 }
 
-fn load_verifier(cfg: &Config) -> Result<JwtVerifier, ServeError> {
-    let err = |reason: String| ServeError::Jwks {
-        path: cfg.jwks.display().to_string(),
-        reason,
-    };
-    let bytes = std::fs::read(&cfg.jwks).map_err(|e| err(e.to_string()))?;
-    let jwks = crate::auth::Jwks::from_json(&bytes).map_err(|e| err(e.to_string()))?;
-    Ok(JwtVerifier::new(
-        jwks,
-        VerifyPolicy {
-            leeway_secs: cfg.leeway_secs,
-            ..VerifyPolicy::new(cfg.issuer.clone(), cfg.audience.clone())
-        },
-    ))
+/// Opens the quota ledger; reservations left open by a crashed process are charged at their
+/// reserved amount (see `store::sqlite`).
+fn open_ledger(cfg: &Config) -> Result<Arc<dyn Ledger>, ServeError> {
+    if let Some(dir) = cfg.ledger.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let quotas: HashMap<String, Quotas> = cfg
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.id.clone(),
+                (t.plan.quota_tokens_per_day, t.plan.quota_tokens_per_month),
+            )
+        })
+        .collect();
+    let ledger = SqliteLedger::open(&cfg.ledger, quotas).map_err(|e| ServeError::Ledger {
+        path: cfg.ledger.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let dangling = ledger.reconciled_at_open();
+    if dangling > 0 {
+        tracing::warn!(
+            dangling,
+            "charged reservations left open by a previous crash"
+        );
+    }
+    Ok(Arc::new(ledger))
 }
 
 /// Runs until SIGINT or SIGTERM, then drains.

@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{fixture, MODEL_ID};
 
@@ -143,88 +142,41 @@ fn token_mint_prints_a_verifiable_jwt() {
 #[test]
 fn serve_starts_answers_and_exits_cleanly_on_sigterm() {
     let f = fixture();
-    let mut child = cloister()
-        .args(["serve", "--config"])
-        .arg(&f.config_path)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut port = None;
-    let mut log = Vec::new();
-    while port.is_none() && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                port = rest
-                    .trim()
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.parse::<u16>().ok());
-            }
-            log.push(line);
-        }
-    }
-    let port =
-        port.unwrap_or_else(|| panic!("server did not report its address:\n{}", log.join("\n")));
+    let mut server = common::ServeProcess::start();
     assert!(
-        log.iter().any(|l| l.contains("sealed model loaded")),
-        "{log:?}"
+        server.log.iter().any(|l| l.contains("sealed model loaded")),
+        "{:?}",
+        server.log
     );
     assert!(
-        log.iter()
+        server
+            .log
+            .iter()
             .all(|l| !l.contains("BEGIN") && !l.contains("eyJ")),
-        "secrets in logs: {log:?}"
+        "secrets in logs: {:?}",
+        server.log
     );
-
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(f.state.tls_cert()).expect("ca"))
         .expect("pem");
-    let client = reqwest::blocking_client(ca);
-    let status = client(&format!("https://127.0.0.1:{port}/healthz"));
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let status = rt.block_on(async {
+        client
+            .get(format!("{}/healthz", server.url()))
+            .send()
+            .await
+            .expect("get")
+            .status()
+    });
     assert_eq!(status, 200);
-
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    server.signal("TERM");
+    let code = server.wait(Duration::from_secs(20));
     assert!(code.success(), "exit status {code}");
-}
-
-mod reqwest {
-    pub use ::reqwest::Certificate;
-
-    /// A tiny blocking GET helper on a private runtime (the test itself is synchronous).
-    pub fn blocking_client(ca: Certificate) -> impl Fn(&str) -> u16 {
-        move |url: &str| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("rt");
-            let client = ::reqwest::Client::builder()
-                .add_root_certificate(ca.clone())
-                .build()
-                .expect("client");
-            rt.block_on(async { client.get(url).send().await.expect("get").status().as_u16() })
-        }
-    }
 }

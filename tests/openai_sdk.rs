@@ -51,6 +51,10 @@ fn official_openai_python_sdk_works_unchanged() {
             "CLOISTER_TOKEN",
             fixture().token("acme", &[Scope::Inference]),
         )
+        .env(
+            "CLOISTER_RL_TOKEN",
+            fixture().token("ratelimited", &[Scope::Inference]),
+        )
         .env("CLOISTER_CA", ca)
         .env("CLOISTER_MODEL", MODEL_ID)
         .output()

@@ -1,5 +1,6 @@
 //! Request extractors: the authenticated caller and JSON bodies with OpenAI-shaped errors.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
@@ -11,11 +12,13 @@ use serde::de::DeserializeOwned;
 use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::auth::{bearer_from_header, AuthError, Principal};
+use crate::tenant::Tenant;
 
 /// An authenticated caller of a known tenant.
 #[derive(Debug)]
 pub struct Caller {
     pub principal: Principal,
+    pub tenant: Arc<Tenant>,
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -32,14 +35,14 @@ impl FromRequestParts<AppState> for Caller {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let principal = app.verifier.verify(token, now).inspect_err(|e| {
+        let principal = app.verifier.load().verify(token, now).inspect_err(|e| {
             tracing::info!(reason = e.code(), "authentication refused");
         })?;
-        if !app.tenants.contains(principal.tenant.as_str()) {
+        let Some(tenant) = app.tenants.load().get(principal.tenant.as_str()).cloned() else {
             tracing::info!(tenant = %principal.tenant.as_str(), "unknown tenant refused");
             return Err(ApiError::UnknownTenant);
-        }
-        Ok(Caller { principal })
+        };
+        Ok(Caller { principal, tenant })
     }
 }
 

@@ -2,7 +2,10 @@
 //! answer as one JSON body or as an SSE stream ending in `data: [DONE]`.
 
 use std::convert::Infallible;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -14,12 +17,14 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::api::dto::{ChatRequest, CompletionRequest};
-use crate::api::error::ApiError;
+use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
-use crate::api::validate::{self, Endpoint, ValidGeneration};
+use crate::api::validate::{self, Endpoint, RequestLimits, ValidGeneration};
 use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::tenant::Tenant;
 
 /// Events buffered between the engine and a slow client before the engine waits.
 const EVENT_BUFFER: usize = 64;
@@ -29,23 +34,28 @@ pub async fn completions(
     caller: Caller,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Scope::Inference)?;
-    app.check_model(&req.model)?;
-    let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
-    let ids = app
-        .model
-        .tokenizer
-        .encode_text(&prompt)
-        .map_err(|_| ApiError::invalid("the prompt could not be tokenized", Some("prompt")))?;
-    let valid = validate::generation(
-        req.params,
-        ids,
-        app.model.context_length,
-        &app.limits,
-        Endpoint::Completions,
-        rand::thread_rng().gen(),
-    )?;
-    respond(&app, valid, Kind::Completion).await
+    let result = async {
+        caller.principal.require(Scope::Inference)?;
+        app.check_model(&caller.tenant, &req.model)?;
+        let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
+        let ids =
+            app.model.tokenizer.encode_text(&prompt).map_err(|_| {
+                ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
+            })?;
+        let (ctx, limits) = effective_limits(&app, &caller.tenant);
+        let valid = validate::generation(
+            req.params,
+            ids,
+            ctx,
+            &limits,
+            Endpoint::Completions,
+            rand::thread_rng().gen(),
+        )?;
+        respond(&app, &caller.tenant, valid, Kind::Completion).await
+    }
+    .await;
+    count(&app, &caller.tenant, "completions", &result);
+    result
 }
 
 pub async fn chat_completions(
@@ -53,23 +63,68 @@ pub async fn chat_completions(
     caller: Caller,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    caller.principal.require(Scope::Inference)?;
-    app.check_model(&req.model)?;
-    let messages = validate::chat_messages(req.messages, &app.limits)?;
-    let ids = app
+    let result = async {
+        caller.principal.require(Scope::Inference)?;
+        app.check_model(&caller.tenant, &req.model)?;
+        let messages = validate::chat_messages(req.messages, &app.limits)?;
+        let ids = app
+            .model
+            .chat
+            .render_ids(&app.model.tokenizer, &messages, true)
+            .map_err(|_| {
+                ApiError::invalid("the messages could not be rendered", Some("messages"))
+            })?;
+        let (ctx, limits) = effective_limits(&app, &caller.tenant);
+        let valid = validate::generation(
+            req.params,
+            ids,
+            ctx,
+            &limits,
+            Endpoint::Chat,
+            rand::thread_rng().gen(),
+        )?;
+        respond(&app, &caller.tenant, valid, Kind::Chat).await
+    }
+    .await;
+    count(&app, &caller.tenant, "chat_completions", &result);
+    result
+}
+
+/// The context window and request bounds for `tenant`: the server's, narrowed by the plan.
+fn effective_limits(app: &AppState, tenant: &Tenant) -> (usize, RequestLimits) {
+    let plan = &tenant.plan;
+    let ctx = app
         .model
-        .chat
-        .render_ids(&app.model.tokenizer, &messages, true)
-        .map_err(|_| ApiError::invalid("the messages could not be rendered", Some("messages")))?;
-    let valid = validate::generation(
-        req.params,
-        ids,
-        app.model.context_length,
-        &app.limits,
-        Endpoint::Chat,
-        rand::thread_rng().gen(),
-    )?;
-    respond(&app, valid, Kind::Chat).await
+        .context_length
+        .min(plan.max_context_tokens as usize);
+    let cap = app.limits.max_tokens_cap.min(plan.max_tokens as usize);
+    let limits = RequestLimits {
+        max_tokens_cap: cap,
+        chat_default_max_tokens: app.limits.chat_default_max_tokens.min(cap),
+        ..app.limits.clone()
+    };
+    (ctx, limits)
+}
+
+fn count(
+    app: &AppState,
+    tenant: &Tenant,
+    endpoint: &'static str,
+    result: &Result<Response, ApiError>,
+) {
+    let status = match result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    app.gate
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            tenant: tenant.id.clone(),
+            endpoint,
+            status,
+        })
+        .inc();
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +196,17 @@ fn usage(prompt: usize, completion: usize) -> Value {
     })
 }
 
-async fn respond(app: &AppState, valid: ValidGeneration, kind: Kind) -> Result<Response, ApiError> {
+async fn respond(
+    app: &AppState,
+    tenant: &Arc<Tenant>,
+    valid: ValidGeneration,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let admitted = app
+        .gate
+        .admit(tenant, valid.prompt_ids.len() + valid.max_tokens)
+        .await?;
+    let rate = admitted.rate;
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let meta = Meta {
         kind,
@@ -156,25 +221,66 @@ async fn respond(app: &AppState, valid: ValidGeneration, kind: Kind) -> Result<R
         model: app.model.id.clone(),
     };
     let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let timing = Timing::new(app, &tenant.id);
     app.engine.try_submit(GenRequest {
+        tenant: Arc::from(tenant.id.as_str()),
         prompt: valid.prompt_ids,
         max_tokens: valid.max_tokens,
         sampling: valid.sampling,
         stop: valid.stop,
         events: tx,
+        on_finish: admitted.into_finish_hook(),
     })?;
-    if stream {
-        Ok(sse(meta, rx, include_usage).into_response())
+    let mut resp = if stream {
+        sse(meta, rx, include_usage, timing).into_response()
     } else {
-        collect(meta, rx).await.map(|v| Json(v).into_response())
+        Json(collect(meta, rx, timing).await?).into_response()
+    };
+    rate_headers(resp.headers_mut(), &[rate.requests, rate.tokens]);
+    Ok(resp)
+}
+
+/// Time to first token and between pieces of text, per tenant.
+struct Timing {
+    started: Instant,
+    last: Option<Instant>,
+    ttft: Histogram,
+    inter: Histogram,
+}
+
+impl Timing {
+    fn new(app: &AppState, tenant: &str) -> Self {
+        let label = Metrics::tenant(tenant);
+        Timing {
+            started: Instant::now(),
+            last: None,
+            ttft: app.gate.metrics.ttft.get_or_create(&label).clone(),
+            inter: app.gate.metrics.inter_token.get_or_create(&label).clone(),
+        }
+    }
+
+    fn text(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => self.ttft.observe((now - self.started).as_secs_f64()),
+            Some(prev) => self.inter.observe((now - prev).as_secs_f64()),
+        }
+        self.last = Some(now);
     }
 }
 
-async fn collect(meta: Meta, mut rx: mpsc::Receiver<GenEvent>) -> Result<Value, ApiError> {
+async fn collect(
+    meta: Meta,
+    mut rx: mpsc::Receiver<GenEvent>,
+    mut timing: Timing,
+) -> Result<Value, ApiError> {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
-            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Text(t) => {
+                timing.text();
+                text.push_str(&t);
+            }
             GenEvent::Done {
                 reason,
                 prompt_tokens,
@@ -209,17 +315,21 @@ fn sse(
     meta: Meta,
     rx: mpsc::Receiver<GenEvent>,
     include_usage: bool,
+    timing: Timing,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let first = (meta.kind == Kind::Chat).then(|| {
         let mut v = meta.delta(None, None);
         v["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
         v
     });
-    let body = stream::unfold(Some((meta, rx)), move |state| async move {
-        let (meta, mut rx) = state?;
+    let body = stream::unfold(Some((meta, rx, timing)), move |state| async move {
+        let (meta, mut rx, mut timing) = state?;
         let ev = rx.recv().await;
         let (events, next) = match ev {
-            Some(GenEvent::Text(t)) => (vec![meta.delta(Some(&t), None)], true),
+            Some(GenEvent::Text(t)) => {
+                timing.text();
+                (vec![meta.delta(Some(&t), None)], true)
+            }
             Some(GenEvent::Done {
                 reason,
                 prompt_tokens,
@@ -246,7 +356,7 @@ fn sse(
         if !next {
             items.push(Event::default().data("[DONE]"));
         }
-        Some((stream::iter(items), next.then_some((meta, rx))))
+        Some((stream::iter(items), next.then_some((meta, rx, timing))))
     })
     .flatten();
     let head = stream::iter(first.map(|v| Event::default().data(v.to_string())));
@@ -256,13 +366,10 @@ fn sse(
 /// `GET /v1/models`.
 pub async fn models(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.principal.require(Scope::Inference)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": app.model.id,
-            "object": "model",
-            "created": app.model.created,
-            "owned_by": "cloister",
-        }],
-    })))
+    let data: Vec<Value> = [&app.model.id]
+        .into_iter()
+        .filter(|id| caller.tenant.plan.allows_model(id))
+        .map(|id| json!({ "id": id, "object": "model", "created": app.model.created, "owned_by": "cloister" }))
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })))
 }

@@ -3,14 +3,17 @@
 //! Every `/v1/*` route needs a valid tenant JWT; `/healthz` and `/readyz` are open and say
 //! nothing about tenants or the model.
 
+pub mod admission;
 mod dto;
 mod error;
 mod extract;
 mod handlers;
+mod usage;
 pub mod validate;
 
-use std::collections::HashSet;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -19,8 +22,10 @@ use axum::Router;
 pub use error::ApiError;
 pub use validate::RequestLimits;
 
+use crate::api::admission::Gate;
 use crate::auth::JwtVerifier;
 use crate::engine::EngineHandle;
+use crate::tenant::{Tenant, TenantRegistry};
 use crate::tokenizer::{ChatTemplate, ModelTokenizer};
 
 /// Largest accepted request body; prompt limits are enforced again, per field, by validation.
@@ -42,14 +47,18 @@ pub struct ServedModel {
 pub struct AppState {
     pub engine: EngineHandle,
     pub model: Arc<ServedModel>,
-    pub verifier: Arc<JwtVerifier>,
-    pub tenants: Arc<HashSet<String>>,
+    /// Swapped whole when the JWKS file changes.
+    pub verifier: Arc<ArcSwap<JwtVerifier>>,
+    pub tenants: Arc<ArcSwap<TenantRegistry>>,
     pub limits: RequestLimits,
+    pub gate: Gate,
 }
 
 impl AppState {
-    fn check_model(&self, requested: &str) -> Result<(), ApiError> {
-        if requested == self.model.id {
+    /// The requested model must be served and allowed by the tenant's plan; both failures look
+    /// the same, so a tenant learns nothing about models it may not use.
+    fn check_model(&self, tenant: &Tenant, requested: &str) -> Result<(), ApiError> {
+        if requested == self.model.id && tenant.plan.allows_model(requested) {
             Ok(())
         } else {
             Err(ApiError::ModelNotFound(
@@ -64,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/usage", get(usage::usage))
+        .route("/metrics", get(usage::metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ready" }))
         .fallback(|| async { ApiError::UnknownRoute })

@@ -14,17 +14,44 @@ use tokio::sync::mpsc;
 
 pub use llama::{LlamaConfig, LlamaModel, ModelError, SeqCache};
 
+use crate::metrics::Metrics;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher};
 use crate::tokenizer::ModelTokenizer;
 
+/// Tokens a finished (or cancelled) sequence consumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Called exactly once on the engine thread when a sequence ends for any reason (finished,
+/// failed, or cancelled because the client went away), with what it consumed. Accounting hangs
+/// off this, so usage is charged even when nobody is left to read the response. It must not
+/// block: hand work off to the async runtime.
+pub trait FinishHook: Send {
+    fn finish(self: Box<Self>, usage: TokenUsage);
+}
+
 /// A validated generation job.
-#[derive(Debug)]
 pub struct GenRequest {
+    pub tenant: Arc<str>,
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub events: mpsc::Sender<GenEvent>,
+    pub on_finish: Box<dyn FinishHook>,
+}
+
+impl std::fmt::Debug for GenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenRequest")
+            .field("tenant", &self.tenant)
+            .field("prompt_tokens", &self.prompt.len())
+            .field("max_tokens", &self.max_tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why generation ended (OpenAI's `finish_reason`).
@@ -76,43 +103,84 @@ impl EngineHandle {
     pub fn start(
         model: Arc<LlamaModel>,
         tokenizer: Arc<ModelTokenizer>,
+        metrics: Arc<Metrics>,
         queue_capacity: usize,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         thread::Builder::new()
             .name("cloister-engine".into())
-            .spawn(move || run(model, tokenizer, rx))?;
+            .spawn(move || run(model, tokenizer, metrics, rx))?;
         Ok(EngineHandle { tx })
     }
 
+    /// Queues `req`, or refuses at once. A refused request consumed nothing: its finish hook
+    /// is called with zero usage before this returns.
     pub fn try_submit(&self, req: GenRequest) -> Result<(), EngineError> {
-        self.tx.try_send(req).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => EngineError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => EngineError::Stopped,
-        })
+        let (err, req) = match self.tx.try_send(req) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(r)) => (EngineError::QueueFull, r),
+            Err(mpsc::error::TrySendError::Closed(r)) => (EngineError::Stopped, r),
+        };
+        req.on_finish.finish(TokenUsage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        });
+        Err(err)
     }
 }
 
-fn run(model: Arc<LlamaModel>, tokenizer: Arc<ModelTokenizer>, mut rx: mpsc::Receiver<GenRequest>) {
-    while let Some(req) = rx.blocking_recv() {
+fn run(
+    model: Arc<LlamaModel>,
+    tokenizer: Arc<ModelTokenizer>,
+    metrics: Arc<Metrics>,
+    mut rx: mpsc::Receiver<GenRequest>,
+) {
+    while let Some(mut req) = rx.blocking_recv() {
         let events = req.events.clone();
-        if let Err(e) = generate(&model, &tokenizer, req) {
+        let on_finish = std::mem::replace(&mut req.on_finish, Box::new(NoHook));
+        let kv = metrics
+            .kv_tokens
+            .get_or_create(&Metrics::tenant(&req.tenant))
+            .clone();
+        let mut cache = SeqCache::default();
+        let mut usage = TokenUsage {
+            prompt_tokens: req.prompt.len(),
+            completion_tokens: 0,
+        };
+        if let Err(e) = generate(&model, &tokenizer, req, &mut cache, &mut usage, &kv) {
             tracing::warn!(error = %e, "generation failed");
             let _ = events.blocking_send(GenEvent::Failed("generation failed".into()));
         }
+        kv.dec_by(cache.len() as i64);
+        drop(cache);
+        on_finish.finish(usage);
     }
 }
 
-/// Runs one sequence to completion, streaming text out.
-fn generate(model: &LlamaModel, tok: &ModelTokenizer, req: GenRequest) -> Result<(), ModelError> {
-    let mut cache = SeqCache::default();
+struct NoHook;
+
+impl FinishHook for NoHook {
+    fn finish(self: Box<Self>, _usage: TokenUsage) {}
+}
+
+/// Runs one sequence to completion, streaming text out. `usage` is kept current so the caller
+/// can charge a sequence that fails or is cancelled half-way.
+fn generate(
+    model: &LlamaModel,
+    tok: &ModelTokenizer,
+    req: GenRequest,
+    cache: &mut SeqCache,
+    usage: &mut TokenUsage,
+    kv: &prometheus_client::metrics::gauge::Gauge,
+) -> Result<(), ModelError> {
     let mut sampler = Sampler::new(req.sampling);
     let mut stop = StopMatcher::new(req.stop);
     let mut decoder = tok.stream_decoder();
     let ctx = model.config().context_length;
     let eos = tok.eos_id();
     let prompt_tokens = req.prompt.len();
-    let mut logits = model.forward(&req.prompt, &mut cache)?;
+    let mut logits = model.forward(&req.prompt, cache)?;
+    kv.inc_by(prompt_tokens as i64);
     let mut completion_tokens = 0usize;
     let send = |ev: GenEvent| req.events.blocking_send(ev).is_ok();
     let mut stop_string_hit = false;
@@ -129,6 +197,7 @@ fn generate(model: &LlamaModel, tok: &ModelTokenizer, req: GenRequest) -> Result
             break FinishReason::Stop;
         }
         completion_tokens += 1;
+        usage.completion_tokens = completion_tokens;
         if let Some(text) = decoder.push(next) {
             let step = stop.push(&text);
             if !step.emit.is_empty() && !send(GenEvent::Text(step.emit)) {
@@ -140,7 +209,8 @@ fn generate(model: &LlamaModel, tok: &ModelTokenizer, req: GenRequest) -> Result
             }
         }
         if completion_tokens < req.max_tokens && cache.len() < ctx {
-            logits = model.forward(&[next], &mut cache)?;
+            logits = model.forward(&[next], cache)?;
+            kv.inc();
         }
     };
     if !stop_string_hit {

@@ -102,11 +102,72 @@ jwks = "{jwks}"
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 dev_issuer_key = "{issuer_key}"
+[ledger]
+path = "{ledger}"
+[plans.roomy]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+quota_tokens_per_day = 100000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.ratelimited]
+requests_per_second = 1
+request_burst = 1
+tokens_per_minute = 100000
+quota_tokens_per_day = 100000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 8
+[plans.queued]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 1
+[plans.small]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 64
+max_tokens = 32
+max_queued = 8
+[plans.quota]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+quota_tokens_per_day = 60
+max_context_tokens = 60
+max_tokens = 16
+max_queued = 4
+[plans.other-model]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 4
+allowed_models = ["some-other-model"]
 [[tenants]]
 id = "demo"
+plan = "roomy"
 [[tenants]]
 id = "acme"
+plan = "roomy"
+[[tenants]]
+id = "ratelimited"
+plan = "ratelimited"
+[[tenants]]
+id = "queued"
+plan = "queued"
+[[tenants]]
+id = "small"
+plan = "small"
+[[tenants]]
+id = "quota"
+plan = "quota"
+[[tenants]]
+id = "elsewhere"
+plan = "other-model"
 "#,
+            ledger = dir.path().join("ledger.sqlite").display(),
             cert = state.tls_cert().display(),
             key = state.tls_key().display(),
             sealed = sealed.display(),
@@ -182,4 +243,83 @@ pub fn reference(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(name))
         .unwrap_or_else(|e| panic!("reference {name} in {}: {e}", dir.display()));
     serde_json::from_str(&text).expect("reference json")
+}
+
+/// `cloister serve` as a child process (for signal and crash tests).
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: Vec<String>,
+}
+
+impl ServeProcess {
+    /// Starts `cloister serve --config <fixture config>` and waits until it listens.
+    pub fn start() -> ServeProcess {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
+            .env("CLOISTER_LOG", "info")
+            .args(["serve", "--config"])
+            .arg(&fixture().config_path)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut log = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                let port = line
+                    .split("addr=")
+                    .nth(1)
+                    .and_then(|rest| rest.trim().rsplit(':').next()?.parse::<u16>().ok());
+                log.push(line);
+                if let Some(port) = port {
+                    return ServeProcess { child, port, log };
+                }
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("server did not report its address:\n{}", log.join("\n"));
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the server.
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit (bounded).
+    pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

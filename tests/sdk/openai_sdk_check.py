@@ -81,4 +81,20 @@ try:
 except openai.AuthenticationError:
     pass
 
+# Rate limits: a tenant allowed 1 request/s gets the SDK's RateLimitError on a quick second
+# call, and a client that may retry honours Retry-After and then succeeds.
+rl_token = os.environ["CLOISTER_RL_TOKEN"]
+rl = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=httpx.Client(verify=ca), max_retries=0)
+rl.completions.create(model=model, prompt="hi", max_tokens=1)
+try:
+    rl.completions.create(model=model, prompt="hi", max_tokens=1)
+    check(False, "second request within the rate limit window accepted")
+except openai.RateLimitError as e:
+    check(e.status_code == 429, "429 expected")
+    check(int(e.response.headers["retry-after"]) >= 1, "retry-after header")
+    check(e.body["code"] == "rate_limit_exceeded", f"code {e.body}")
+patient = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=httpx.Client(verify=ca), max_retries=3)
+r = patient.completions.create(model=model, prompt="hi", max_tokens=1)
+check(r.usage.completion_tokens == 1, "retried request succeeded")
+
 print("openai sdk: all checks passed")

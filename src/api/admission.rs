@@ -1,0 +1,241 @@
+//! Admission: the tenant's queue slot, request and token rate limits, and the durable quota
+//! reservation — in that order, each undone if a later one refuses. What is reserved is the
+//! worst case (prompt + `max_tokens`); when the sequence ends the actual usage is committed and
+//! the rest refunded, so neither a rate limit nor a quota can be overshot by a stream.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::error::ApiError;
+use crate::engine::{FinishHook, TokenUsage};
+use crate::limits::{RateError, RateInfo, RateLimits};
+use crate::metrics::{Metrics, TokenLabels};
+use crate::store::{Ledger, LedgerError, Reservation};
+use crate::tenant::{QueueSlot, Tenant};
+
+/// The pieces admission needs, shared by all handlers.
+#[derive(Clone)]
+pub struct Gate {
+    pub rates: Arc<RateLimits>,
+    pub ledger: Arc<dyn Ledger>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("rates", &self.rates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rate-limit state reported on successful responses.
+#[derive(Clone, Copy, Debug)]
+pub struct RateHeaders {
+    pub requests: RateInfo,
+    pub tokens: RateInfo,
+}
+
+/// A request that passed admission. Settling it (through the engine's [`FinishHook`], or on
+/// drop if it never reached the engine) commits usage and refunds the unused reservation.
+#[derive(Debug)]
+pub struct Admitted {
+    pub request_id: String,
+    pub rate: RateHeaders,
+    settle: Option<Settlement>,
+}
+
+#[derive(Debug)]
+struct Settlement {
+    gate: Gate,
+    tenant: Arc<Tenant>,
+    reservation: Reservation,
+    reserved: u32,
+    _slot: QueueSlot,
+    runtime: tokio::runtime::Handle,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn rate_error(gate: &Gate, tenant: &str, e: RateError) -> ApiError {
+    let err = match e {
+        RateError::Denied(d) => ApiError::RateLimited(d),
+        RateError::InsufficientCapacity {
+            kind,
+            requested,
+            capacity,
+        } => ApiError::RequestTooLarge {
+            kind: kind.as_str(),
+            requested,
+            capacity,
+        },
+        RateError::UnknownTenant(_) => ApiError::UnknownTenant,
+    };
+    gate.metrics
+        .reject(tenant, err.code().unwrap_or("rejected"));
+    err
+}
+
+impl Gate {
+    /// Admits one request of `tenant` that may use up to `tokens` (prompt + `max_tokens`).
+    pub async fn admit(&self, tenant: &Arc<Tenant>, tokens: usize) -> Result<Admitted, ApiError> {
+        let id = tenant.id.as_str();
+        let slot = tenant.try_enter().ok_or_else(|| {
+            self.metrics.reject(id, "tenant_queue_full");
+            ApiError::TenantQueueFull
+        })?;
+        let requests = self
+            .rates
+            .check_request(id)
+            .map_err(|e| rate_error(self, id, e))?;
+        let reserved = u32::try_from(tokens).unwrap_or(u32::MAX);
+        let tokens_info = self
+            .rates
+            .reserve_tokens(id, reserved)
+            .map_err(|e| rate_error(self, id, e))?;
+        let request_id = hex::encode(rand::random::<[u8; 12]>());
+        let ledger = Arc::clone(&self.ledger);
+        let (t, rid) = (id.to_string(), request_id.clone());
+        let reserved_result = tokio::task::spawn_blocking(move || {
+            ledger.reserve(&t, &rid, u64::from(reserved), now_unix())
+        })
+        .await
+        .map_err(|_| ApiError::Internal)?;
+        let reservation = match reserved_result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.rates.refund_tokens(id, reserved);
+                return Err(match e {
+                    LedgerError::QuotaExceeded {
+                        period,
+                        limit,
+                        reset_at,
+                        ..
+                    } => {
+                        self.metrics.reject(id, "insufficient_quota");
+                        ApiError::QuotaExceeded {
+                            period: period.as_str(),
+                            limit,
+                            reset_at,
+                        }
+                    }
+                    other => {
+                        tracing::error!(error = %other, "quota ledger failed");
+                        ApiError::Internal
+                    }
+                });
+            }
+        };
+        self.metrics
+            .in_flight
+            .get_or_create(&Metrics::tenant(id))
+            .inc();
+        Ok(Admitted {
+            request_id,
+            rate: RateHeaders {
+                requests,
+                tokens: tokens_info,
+            },
+            settle: Some(Settlement {
+                gate: self.clone(),
+                tenant: Arc::clone(tenant),
+                reservation,
+                reserved,
+                _slot: slot,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        })
+    }
+}
+
+impl Admitted {
+    /// Hands settlement to the engine: it runs when the sequence ends, however it ends.
+    pub fn into_finish_hook(mut self) -> Box<dyn FinishHook> {
+        Box::new(FinishSettlement(self.settle.take()))
+    }
+}
+
+struct FinishSettlement(Option<Settlement>);
+
+impl FinishHook for FinishSettlement {
+    fn finish(mut self: Box<Self>, usage: TokenUsage) {
+        if let Some(s) = self.0.take() {
+            s.settle(Some(usage));
+        }
+    }
+}
+
+impl Drop for FinishSettlement {
+    fn drop(&mut self) {
+        // The engine dropped the job without reporting (it stopped): charge the worst case.
+        if let Some(s) = self.0.take() {
+            s.settle(None);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        // Admitted but never handed to the engine (e.g. its queue was full): nothing was used.
+        if let Some(s) = self.settle.take() {
+            s.settle(Some(TokenUsage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+            }));
+        }
+    }
+}
+
+impl Settlement {
+    /// Commits `usage` (or the whole reservation when unknown) and refunds the rest.
+    fn settle(self, usage: Option<TokenUsage>) {
+        let used = usage.map_or(u64::from(self.reserved), |u| {
+            (u.prompt_tokens + u.completion_tokens) as u64
+        });
+        let used = used.min(u64::from(self.reserved));
+        let tenant = self.tenant.id.clone();
+        let refund = self.reserved - used as u32;
+        if refund > 0 {
+            let _ = self.gate.rates.refund_tokens(&tenant, refund);
+        }
+        if let Some(u) = usage {
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+            ] {
+                self.gate
+                    .metrics
+                    .tokens
+                    .get_or_create(&TokenLabels {
+                        tenant: tenant.clone(),
+                        kind,
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+        self.gate
+            .metrics
+            .in_flight
+            .get_or_create(&Metrics::tenant(&tenant))
+            .dec();
+        let ledger = Arc::clone(&self.gate.ledger);
+        let reservation = self.reservation;
+        // The queue slot is released when this closure (which owns it) finishes.
+        let slot = self._slot;
+        self.runtime.spawn_blocking(move || {
+            let result = if used == 0 {
+                ledger.release(&reservation)
+            } else {
+                ledger.commit(&reservation, used)
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, tenant = %tenant, "committing usage failed");
+            }
+            drop(slot);
+        });
+    }
+}

@@ -177,7 +177,10 @@ impl<R: Read + Seek> SealedFile<R> {
         let size = layout.chunk_size as usize;
         let mut jobs: Vec<_> = layout
             .chunks()
-            .zip(out.chunks_mut(size.max(1)).chain(std::iter::repeat_with(|| &mut [][..])))
+            .zip(
+                out.chunks_mut(size.max(1))
+                    .chain(std::iter::repeat_with(|| &mut [][..])),
+            )
             .zip(tags)
             .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

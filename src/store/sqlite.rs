@@ -2,8 +2,13 @@
 //!
 //! # Durability
 //!
-//! `journal_mode=WAL` + `synchronous=FULL`: every committed transaction is fsynced before the
-//! call returns, so usage survives restarts, `kill -9` and power loss. Reserve, commit and
+//! `journal_mode=WAL` + `synchronous=FULL` for commits and releases: they are fsynced before
+//! the call returns, so committed usage survives restarts, `kill -9` and power loss.
+//! Reservations are written with `synchronous=NORMAL`: in WAL mode that is still durable
+//! against a process crash (`kill -9` — the write is in the OS before the call returns) and
+//! only an OS crash or power loss can drop the newest reservations. Losing one can only
+//! under-count a request that was in flight at that instant — never committed usage — and it
+//! halves the fsyncs on the request path (measured: `cargo bench --bench admission`). Reserve, commit and
 //! release are each one `BEGIN IMMEDIATE` transaction: the write lock is taken *before* the
 //! quota is read, so two connections (or processes) cannot both read "enough left" and both
 //! reserve — the check and the insert are serialised. `busy_timeout` makes a second writer
@@ -170,13 +175,30 @@ impl SqliteLedger {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
+        self.write_with(Sync::Full, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        sync: Sync,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
         // A panic while holding the lock dropped the transaction, which rolled it back, so the
         // connection is consistent and a poisoned lock can be reused.
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        if sync == Sync::Normal {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if sync == Sync::Normal {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        result
     }
 
     /// Runs `f` in one deferred (read) transaction: a consistent snapshot that, in WAL mode,
@@ -298,6 +320,13 @@ fn open_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(), LedgerE
     found.ok_or(LedgerError::UnknownReservation { id: r.id() })
 }
 
+/// How hard a write transaction syncs (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    Full,
+    Normal,
+}
+
 impl Ledger for SqliteLedger {
     fn reserve(
         &self,
@@ -310,7 +339,7 @@ impl Ledger for SqliteLedger {
         let (day_start, day_end) = day_bounds(now_unix);
         let (month_start, month_end) = month_bounds(now_unix);
         let tokens_i = to_i64(tokens)?;
-        self.write(|tx| {
+        self.write_with(Sync::Normal, |tx| {
             // Month first: if both are exhausted, its later reset is the one worth reporting.
             for (period, limit, start, end) in [
                 (Period::Month, month_limit, month_start, month_end),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::api::RequestLimits;
+use crate::audit::{AuditConfig, RetentionPolicy};
 use crate::limits::Plan;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,10 +40,45 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     ledger: RawLedger,
+    audit: RawAudit,
+    admin: Option<RawAdmin>,
     #[serde(default)]
     plans: BTreeMap<String, Plan>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    /// The admin API's own listener (never the public port).
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+    signing_key: PathBuf,
+    public_key: PathBuf,
+    log_id: String,
+    key_id: String,
+    #[serde(default = "default_checkpoint_every")]
+    checkpoint_every: u64,
+    #[serde(default = "default_fsync_every")]
+    fsync_every: u64,
+    #[serde(default = "default_retention_days")]
+    retention_days: u32,
+}
+
+fn default_checkpoint_every() -> u64 {
+    100
+}
+fn default_fsync_every() -> u64 {
+    1
+}
+fn default_retention_days() -> u32 {
+    183
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,8 +116,35 @@ struct RawModel {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKeys {
+    /// Local keyring file; used when `pkcs11` is absent.
     keyring: PathBuf,
     trusted_publishers: Vec<RawPublisher>,
+    /// KEKs inside an HSM instead of the keyring file.
+    pkcs11: Option<RawPkcs11>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPkcs11 {
+    module: PathBuf,
+    token_label: String,
+    /// File holding the user PIN (never inline).
+    pin_file: PathBuf,
+    #[serde(default = "default_kek_prefix")]
+    key_label_prefix: String,
+}
+
+fn default_kek_prefix() -> String {
+    "cloister-kek".into()
+}
+
+/// Where the KEKs live when they live in an HSM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pkcs11Settings {
+    pub module: PathBuf,
+    pub token_label: String,
+    pub pin_file: PathBuf,
+    pub key_label_prefix: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +197,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
     pub queue_capacity: usize,
     pub require_locked_weights: bool,
     pub tls_cert: PathBuf,
@@ -141,6 +205,7 @@ pub struct Config {
     pub model_id: String,
     pub sealed_model: PathBuf,
     pub keyring: PathBuf,
+    pub pkcs11: Option<Pkcs11Settings>,
     pub trusted_publishers: Vec<(String, PathBuf)>,
     pub jwks: PathBuf,
     pub issuer: String,
@@ -149,7 +214,10 @@ pub struct Config {
     pub dev_issuer_key: Option<PathBuf>,
     pub limits: RequestLimits,
     pub ledger: PathBuf,
+    pub audit: AuditConfig,
     pub tenants: Vec<TenantConfig>,
+    /// The file this config was read from (for reloads).
+    pub source: Option<PathBuf>,
 }
 
 /// A tenant and the plan it is on.
@@ -167,10 +235,12 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|problems| ConfigError::Invalid {
+        let mut cfg = Config::parse(&text, base).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
-        })
+        })?;
+        cfg.source = Some(path.to_owned());
+        Ok(cfg)
     }
 
     /// Parses and checks `text`; relative paths are resolved against `base`. File existence is
@@ -254,11 +324,23 @@ impl Config {
         if limits.chat_default_max_tokens > limits.max_tokens_cap {
             problems.push("limits.chat_default_max_tokens must not exceed max_tokens_cap".into());
         }
+        if let Err(e) = RetentionPolicy::new(raw.audit.retention_days) {
+            problems.push(format!("audit.retention_days: {e}"));
+        }
+        if raw.audit.checkpoint_every == 0 || raw.audit.fsync_every == 0 {
+            problems.push("audit.checkpoint_every and audit.fsync_every must be >= 1".into());
+        }
+        for (what, id) in [("audit.log_id", &raw.audit.log_id), ("audit.key_id", &raw.audit.key_id)] {
+            if let Err(e) = crate::audit::ids::check_id(id) {
+                problems.push(format!("{what}: {e}"));
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         Ok(Config {
             listen: raw.server.listen,
+            admin_listen: raw.admin.as_ref().map(|a| a.listen),
             queue_capacity: raw.server.queue_capacity,
             require_locked_weights: raw.server.require_locked_weights,
             tls_cert: abs(&raw.tls.cert),
@@ -266,6 +348,12 @@ impl Config {
             model_id: raw.model.id,
             sealed_model: abs(&raw.model.sealed),
             keyring: abs(&raw.keys.keyring),
+            pkcs11: raw.keys.pkcs11.as_ref().map(|p| Pkcs11Settings {
+                module: abs(&p.module),
+                token_label: p.token_label.clone(),
+                pin_file: abs(&p.pin_file),
+                key_label_prefix: p.key_label_prefix.clone(),
+            }),
             trusted_publishers: raw
                 .keys
                 .trusted_publishers
@@ -279,7 +367,18 @@ impl Config {
             dev_issuer_key: raw.auth.dev_issuer_key.as_deref().map(abs),
             limits,
             ledger: abs(&raw.ledger.path),
+            audit: AuditConfig {
+                path: abs(&raw.audit.path),
+                signing_key: abs(&raw.audit.signing_key),
+                public_key: abs(&raw.audit.public_key),
+                log_id: raw.audit.log_id,
+                key_id: raw.audit.key_id,
+                checkpoint_every: raw.audit.checkpoint_every,
+                fsync_every: raw.audit.fsync_every,
+                retention_days: raw.audit.retention_days,
+            },
             tenants,
+            source: None,
         })
     }
 
@@ -291,6 +390,7 @@ impl Config {
             ("model.sealed", &self.sealed_model),
             ("keys.keyring", &self.keyring),
             ("auth.jwks", &self.jwks),
+            ("audit.signing_key", &self.audit.signing_key),
         ];
         for (_, p) in &self.trusted_publishers {
             files.push(("keys.trusted_publishers", p));
@@ -349,6 +449,12 @@ mod tests {
         audience = "aud"
         [ledger]
         path = "ledger.sqlite"
+        [audit]
+        path = "audit.log"
+        signing_key = "audit.pem"
+        public_key = "audit.pub.pem"
+        log_id = "test"
+        key_id = "audit-1"
         [plans.basic]
         requests_per_second = 2
         tokens_per_minute = 10000

@@ -19,6 +19,7 @@ use crate::keys::{Keyring, PublisherKey};
 pub const DEV_KEYRING_ID: &str = "dev-kek";
 pub const DEV_PUBLISHER_ID: &str = "dev-publisher";
 pub const DEV_JWT_KID: &str = "dev-issuer-1";
+pub const DEV_AUDIT_KEY_ID: &str = "dev-audit-1";
 
 /// Paths inside a state folder. `configs/dev.toml` names the same layout.
 #[derive(Debug, Clone)]
@@ -44,6 +45,12 @@ impl StatePaths {
     }
     pub fn jwks(&self) -> PathBuf {
         self.root.join("keys/jwks.json")
+    }
+    pub fn audit_key(&self) -> PathBuf {
+        self.root.join("keys/audit.pem")
+    }
+    pub fn audit_public(&self) -> PathBuf {
+        self.root.join("keys/audit.pub.pem")
     }
     pub fn tls_cert(&self) -> PathBuf {
         self.root.join("tls/cert.pem")
@@ -133,6 +140,19 @@ pub fn init(paths: &StatePaths) -> Result<InitReport, StateError> {
             (paths.issuer_key(), private.as_bytes().to_vec()),
         ])
     })?;
+    step(paths.audit_key(), &mut || {
+        let id = crate::audit::KeyId::new(DEV_AUDIT_KEY_ID).map_err(|e| gen_err("audit key")(e.to_string()))?;
+        let signer = crate::audit::AuditSigner::generate(id.clone(), &mut OsRng);
+        let private = signer.to_pkcs8_pem().map_err(|e| gen_err("audit key")(e.to_string()))?;
+        let public = signer
+            .verifier()
+            .public_key_pem(&id)
+            .ok_or_else(|| gen_err("audit key")("no public key".into()))?;
+        Ok(vec![
+            (paths.audit_public(), public.into_bytes()),
+            (paths.audit_key(), private.as_bytes().to_vec()),
+        ])
+    })?;
     step(paths.tls_key(), &mut || {
         let (cert, key) = crate::tls::self_signed_dev_cert()
             .map_err(|e| gen_err("TLS certificate")(e.to_string()))?;
@@ -180,7 +200,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = StatePaths::new(dir.path().join("state"));
         let first = init(&paths).expect("init");
-        assert_eq!(first.created.len(), 7, "{:?}", first.created);
+        assert_eq!(first.created.len(), 9, "{:?}", first.created);
         for p in &first.created {
             let mode = fs::metadata(p).expect("meta").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());

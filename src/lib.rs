@@ -29,6 +29,7 @@
 //! - [`server`]: the composition root and graceful shutdown.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod devstate;

@@ -47,6 +47,49 @@ enum Command {
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Sealed-model maintenance.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Rewrap the model's DEK under the keyring's active KEK version (after `keys rotate`).
+    /// Rewrites only the key envelope; chunk bytes are untouched. A running server keeps
+    /// serving: its weights need no re-decryption.
+    Rewrap {
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
+        /// Sealed file to rewrap (default: the config's model.sealed).
+        #[arg(long)]
+        sealed: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain and every signed checkpoint; names the first bad record.
+    Verify {
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
+        /// Log file (default: the config's audit.path).
+        #[arg(long)]
+        log: Option<PathBuf>,
+    },
+    /// Copy the records since a time (and the checkpoints covering them) for auditors.
+    Export {
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
+        /// Unix time in seconds; records at or after it are exported.
+        #[arg(long)]
+        since: u64,
+        /// Output file (must not exist).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +165,21 @@ enum KeysCommand {
         #[arg(long, default_value = ".cloister")]
         state_dir: PathBuf,
     },
+    /// Add a KEK version to the keyring and make it active. Then run `model rewrap`.
+    Rotate {
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
+    },
+    /// Remove KEK versions below N. Refused while a sealed model still needs one of them.
+    Retire {
+        #[arg(long)]
+        below: u32,
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
+        /// Further sealed files that must stay readable (the config's model is always checked).
+        #[arg(long = "sealed")]
+        sealed: Vec<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -143,6 +201,19 @@ fn main() -> Result<()> {
             println!("{}", mint(&cfg, &tenant, &scopes, ttl, &subject)?.as_str());
             Ok(())
         }
+        Command::Keys(KeysCommand::Rotate { config }) => keys_rotate(&config),
+        Command::Keys(KeysCommand::Retire {
+            below,
+            config,
+            sealed,
+        }) => keys_retire(&config, below, &sealed),
+        Command::Model(ModelCommand::Rewrap { config, sealed }) => model_rewrap(&config, sealed),
+        Command::Audit(AuditCommand::Verify { config, log }) => audit_verify(&config, log),
+        Command::Audit(AuditCommand::Export {
+            config,
+            since,
+            output,
+        }) => audit_export(&config, since, &output),
         Command::Keys(KeysCommand::Init { state_dir }) => {
             let report = devstate::init(&StatePaths::new(state_dir))?;
             for p in &report.created {
@@ -341,8 +412,9 @@ fn seal(args: SealArgs) -> Result<()> {
 
 fn verify(args: VerifyArgs) -> Result<()> {
     let cfg = Config::load(&args.config)?;
-    let (keyring, trusted): (Keyring, TrustedPublishers) = model::load_key_material(&cfg)?;
-    let report = model::verify_sealed_file(&args.input, &keyring, &trusted)?;
+    let keys = model::key_provider(&cfg)?;
+    let trusted: TrustedPublishers = model::load_trusted(&cfg)?;
+    let report = model::verify_sealed_file(&args.input, keys.as_ref(), &trusted)?;
     println!("{}: OK ({report})", args.input.display());
     Ok(())
 }
@@ -377,4 +449,113 @@ fn mint(
         now_unix: now,
     })?;
     Ok(Zeroizing::new(token))
+}
+
+fn keys_rotate(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    if let Some(p11) = &cfg.pkcs11 {
+        let hsm = model::open_pkcs11(p11)?;
+        let version = hsm.rotate()?;
+        println!(
+            "HSM KEK {}: version {version} generated inside the token and active; next: cloister model rewrap",
+            hsm.id()
+        );
+        return Ok(());
+    }
+    let mut keyring = read_keyring(&cfg.keyring)?;
+    let version = keyring.rotate(&mut rand::rngs::OsRng)?;
+    devstate::write_private(&cfg.keyring, keyring.to_json().as_bytes())?;
+    println!(
+        "keyring {}: version {version} is now active (older versions stay for unwrap until retired); \
+         next: cloister model rewrap",
+        keyring.id()
+    );
+    Ok(())
+}
+
+fn keys_retire(config: &Path, below: u32, extra: &[PathBuf]) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let (mut keyring, trusted) = model::load_key_material(&cfg)?;
+    let mut files = vec![cfg.sealed_model.clone()];
+    files.extend(extra.iter().cloned());
+    for f in &files {
+        let kek = model::sealed_kek(f, &keyring, &trusted)?;
+        if kek.version < below {
+            bail!(
+                "{} is still wrapped under KEK version {}: run `cloister model rewrap` first",
+                f.display(),
+                kek.version
+            );
+        }
+    }
+    keyring.retire_below(below)?;
+    devstate::write_private(&cfg.keyring, keyring.to_json().as_bytes())?;
+    println!("keyring {}: versions below {below} retired", keyring.id());
+    Ok(())
+}
+
+fn model_rewrap(config: &Path, sealed: Option<PathBuf>) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let keys = model::key_provider(&cfg)?;
+    let trusted = model::load_trusted(&cfg)?;
+    let path = sealed.unwrap_or_else(|| cfg.sealed_model.clone());
+    let started = std::time::Instant::now();
+    let r = model::rewrap_sealed_file(&path, keys.as_ref(), &trusted)?;
+    println!(
+        "{}: KEK {}@{} -> {}@{} ({}, {:.1} ms)",
+        path.display(),
+        r.from.id,
+        r.from.version,
+        r.to.id,
+        r.to.version,
+        if r.in_place { "header rewritten in place" } else { "rewritten and renamed" },
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+fn audit_verifier(cfg: &Config) -> Result<cloister::audit::AuditVerifier> {
+    let pem = std::fs::read_to_string(&cfg.audit.public_key)
+        .with_context(|| format!("reading {}", cfg.audit.public_key.display()))?;
+    let id = cloister::audit::KeyId::new(cfg.audit.key_id.clone())?;
+    Ok(cloister::audit::AuditVerifier::from_public_key_pem(id, &pem)?)
+}
+
+fn audit_verify(config: &Path, log: Option<PathBuf>) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let path = log.unwrap_or_else(|| cfg.audit.path.clone());
+    let verifier = audit_verifier(&cfg)?;
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    match cloister::audit::verify(std::io::BufReader::new(file), &verifier) {
+        Ok(r) => {
+            println!(
+                "{}: OK — {} records, {} signed checkpoints, head {}, {} records after the last checkpoint",
+                path.display(),
+                r.records,
+                r.checkpoints,
+                hex::encode(r.head_hash),
+                r.unsealed_tail
+            );
+            Ok(())
+        }
+        Err(e) => bail!("{}: FAILED at line {} (seq {:?}): {:?}", path.display(), e.line, e.seq, e.kind),
+    }
+}
+
+fn audit_export(config: &Path, since: u64, output: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let file = std::fs::File::open(&cfg.audit.path)
+        .with_context(|| format!("opening {}", cfg.audit.path.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(output)
+        .with_context(|| format!("creating {}", output.display()))?;
+    let report = cloister::audit::export_since(
+        std::io::BufReader::new(file),
+        since.saturating_mul(1000),
+        std::io::BufWriter::new(out),
+    )?;
+    println!("exported to {}: {report:?}", output.display());
+    Ok(())
 }

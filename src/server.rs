@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use axum_server::tls_rustls::RustlsConfig;
+use tokio::sync::Notify;
 
 use crate::api::admission::Gate;
-use crate::api::{self, AppState, ServedModel};
+use crate::audit::{AuditEvent, AuditSink, ConfigPart, KeyId, Label, ModelId};
+use crate::api::{self, AppState, Ops, ServedModel};
 use crate::auth::VerifyPolicy;
 use crate::config::Config;
 use crate::engine::EngineHandle;
@@ -35,6 +37,8 @@ pub enum ServeError {
     Jwks { path: String, reason: String },
     #[error("quota ledger {path}: {reason}")]
     Ledger { path: String, reason: String },
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::SinkError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -43,6 +47,11 @@ pub enum ServeError {
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `[admin]`.
+    pub admin_addr: Option<SocketAddr>,
+    /// Fire to re-check every reloadable file now (SIGHUP, admin API).
+    pub reload: Arc<Notify>,
+    audit: Arc<AuditSink>,
     handle: axum_server::Handle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -51,12 +60,16 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish (bounded), and waits.
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.handle.graceful_shutdown(Some(DRAIN));
-        self.task.await.map_err(std::io::Error::other)?
+        self.wait().await
     }
 
-    /// Waits until the server stops by itself (it only does on error).
+    /// Waits until the server stops (after a graceful shutdown, or on error), then seals the
+    /// audit log with a final record and checkpoint.
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task.await.map_err(std::io::Error::other)?
+        let result = self.task.await.map_err(std::io::Error::other)?;
+        self.audit.record(AuditEvent::ServerStop {});
+        self.audit.close();
+        result
     }
 
     pub fn handle(&self) -> axum_server::Handle {
@@ -69,6 +82,10 @@ pub async fn start(
     cfg: Config,
     listener: std::net::TcpListener,
 ) -> Result<RunningServer, ServeError> {
+    let admin_listener = match cfg.admin_listen {
+        Some(addr) => Some(std::net::TcpListener::bind(addr)?),
+        None => None,
+    };
     let missing = cfg.missing_files();
     if !missing.is_empty() {
         return Err(ServeError::Missing(missing));
@@ -84,10 +101,26 @@ pub async fn start(
             reason,
         })?;
     let ledger = open_ledger(&cfg)?;
+    let audit = Arc::new(AuditSink::open(&cfg.audit)?);
+    audit.record(AuditEvent::ServerStart {
+        version: Label::new(env!("CARGO_PKG_VERSION")).map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?,
+    });
     let load_cfg = cfg.clone();
     let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
         .await
         .map_err(std::io::Error::other)??;
+    if let (Ok(model), Ok(kek_id), Ok(publisher)) = (
+        ModelId::new(cfg.model_id.clone()),
+        KeyId::new(loaded.kek_ref.id.clone()),
+        KeyId::new(loaded.publisher.clone()),
+    ) {
+        audit.record(AuditEvent::ModelUnsealed {
+            model,
+            kek_id,
+            kek_version: loaded.kek_ref.version,
+            publisher,
+        });
+    }
     tracing::info!(
         model = %cfg.model_id,
         kek = %loaded.kek,
@@ -107,7 +140,19 @@ pub async fn start(
         rates.set_plan(&t.id, &t.plan);
     }
     let verifier = Arc::new(ArcSwap::from_pointee(verifier));
-    crate::reload::watch_jwks(cfg.jwks.clone(), policy, verifier.clone());
+    let reload = Arc::new(Notify::new());
+    let ops = Arc::new(Ops {
+        config: cfg.clone(),
+        reload: reload.clone(),
+        loaded_kek: loaded.kek_ref.clone(),
+    });
+    crate::reload::watch_jwks(
+        cfg.jwks.clone(),
+        policy,
+        verifier.clone(),
+        reload.clone(),
+        audit.clone(),
+    );
     let state = AppState {
         engine,
         model: Arc::new(ServedModel {
@@ -128,16 +173,53 @@ pub async fn start(
             rates,
             ledger,
             metrics,
+            audit: audit.clone(),
+            model_id: cfg.model_id.clone(),
         },
+        ops,
     };
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls))
-        .handle(handle.clone());
+    let rustls = RustlsConfig::from_config(tls);
+    crate::reload::watch_tls(
+        cfg.tls_cert.clone(),
+        cfg.tls_key.clone(),
+        rustls.clone(),
+        reload.clone(),
+        audit.clone(),
+    );
+    let tenants = state.tenants.clone();
+    let rates = state.gate.rates.clone();
+    if let Some(source) = cfg.source.clone() {
+        watch_tenants(source, tenants, rates, reload.clone(), audit.clone());
+    }
+    let server = axum_server::from_tcp_rustls(listener, rustls.clone()).handle(handle.clone());
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr()?;
+            let admin = axum_server::from_tcp_rustls(l, rustls.clone()).handle(handle.clone());
+            let router = api::admin::router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = admin.serve(router.into_make_service()).await {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+            Some(addr)
+        }
+        None => None,
+    };
     let app = api::router(state);
     let task = tokio::spawn(async move { server.serve(app.into_make_service()).await });
-    Ok(RunningServer { addr, handle, task })
+    Ok(RunningServer {
+        addr,
+        admin_addr,
+        reload,
+        audit,
+        handle,
+        task,
+    })
 }
 
 /// Opens the quota ledger; reservations left open by a crashed process are charged at their
@@ -170,12 +252,53 @@ fn open_ledger(cfg: &Config) -> Result<Arc<dyn Ledger>, ServeError> {
     Ok(Arc::new(ledger))
 }
 
+/// Re-reads tenants and plans from the config file when it changes. New plans apply to new
+/// requests; quota limits of the ledger are read at start-up (a change needs a restart).
+fn watch_tenants(
+    source: std::path::PathBuf,
+    tenants: Arc<ArcSwap<TenantRegistry>>,
+    rates: Arc<RateLimits>,
+    trigger: Arc<Notify>,
+    audit: Arc<AuditSink>,
+) {
+    let path = source.clone();
+    crate::reload::watch(ConfigPart::Tenants, vec![source], trigger, audit, move || {
+        let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+        for t in &cfg.tenants {
+            rates.set_plan(&t.id, &t.plan);
+        }
+        let current = tenants.load();
+        for old in current.iter() {
+            if !cfg.tenants.iter().any(|t| t.id == old.id) {
+                rates.remove_tenant(&old.id);
+            }
+        }
+        tenants.store(Arc::new(TenantRegistry::from_config(&cfg.tenants)));
+        Ok(format!("{} tenants", cfg.tenants.len()))
+    });
+}
+
 /// Runs until SIGINT or SIGTERM, then drains.
 pub async fn serve_until_signal(cfg: Config) -> Result<(), ServeError> {
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     let server = start(cfg, listener).await?;
     tracing::info!(addr = %server.addr, "listening (https)");
+    if let Some(admin) = server.admin_addr {
+        tracing::info!(admin = %admin, "admin API listening (https, scope admin)");
+    }
     let handle = server.handle();
+    #[cfg(unix)]
+    {
+        let reload = server.reload.clone();
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: re-checking JWKS, TLS certificate and tenants");
+                    reload.notify_waiters();
+                }
+            });
+        }
+    }
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown signal: draining in-flight requests");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::api::error::ApiError;
-use crate::engine::{FinishHook, TokenUsage};
+use crate::audit::{self, AuditEvent, AuditSink};
+use crate::engine::{FinishHook, FinishReason, TokenUsage};
 use crate::limits::{RateError, RateInfo, RateLimits};
 use crate::metrics::{Metrics, TokenLabels};
 use crate::store::{Ledger, LedgerError, Reservation};
@@ -19,6 +20,9 @@ pub struct Gate {
     pub rates: Arc<RateLimits>,
     pub ledger: Arc<dyn Ledger>,
     pub metrics: Arc<Metrics>,
+    pub audit: Arc<AuditSink>,
+    /// The served model's id, for audit records.
+    pub model_id: String,
 }
 
 impl std::fmt::Debug for Gate {
@@ -47,6 +51,7 @@ pub struct Admitted {
 
 #[derive(Debug)]
 struct Settlement {
+    request_id: String,
     gate: Gate,
     tenant: Arc<Tenant>,
     reservation: Reservation,
@@ -62,6 +67,12 @@ fn now_unix() -> u64 {
 }
 
 fn rate_error(gate: &Gate, tenant: &str, e: RateError) -> ApiError {
+    let limit = match &e {
+        RateError::Denied(d) if d.kind == crate::limits::LimitKind::Tokens => audit::LimitKind::Tokens,
+        RateError::InsufficientCapacity { .. } => audit::LimitKind::Context,
+        _ => audit::LimitKind::Requests,
+    };
+    gate.audit_rejection(tenant, limit);
     let err = match e {
         RateError::Denied(d) => ApiError::RateLimited(d),
         RateError::InsufficientCapacity {
@@ -81,10 +92,24 @@ fn rate_error(gate: &Gate, tenant: &str, e: RateError) -> ApiError {
 }
 
 impl Gate {
+    fn audit_rejection(&self, tenant: &str, limit: audit::LimitKind) {
+        if let (Ok(tenant), Ok(request_id)) = (
+            audit::TenantId::new(tenant),
+            audit::RequestId::new(hex::encode(rand::random::<[u8; 12]>())),
+        ) {
+            self.audit.record(AuditEvent::LimitRejected {
+                request_id,
+                tenant,
+                limit,
+            });
+        }
+    }
+
     /// Admits one request of `tenant` that may use up to `tokens` (prompt + `max_tokens`).
     pub async fn admit(&self, tenant: &Arc<Tenant>, tokens: usize) -> Result<Admitted, ApiError> {
         let id = tenant.id.as_str();
         let slot = tenant.try_enter().ok_or_else(|| {
+            self.audit_rejection(id, audit::LimitKind::Queue);
             self.metrics.reject(id, "tenant_queue_full");
             ApiError::TenantQueueFull
         })?;
@@ -116,6 +141,7 @@ impl Gate {
                         reset_at,
                         ..
                     } => {
+                        self.audit_rejection(id, audit::LimitKind::Quota);
                         self.metrics.reject(id, "insufficient_quota");
                         ApiError::QuotaExceeded {
                             period: period.as_str(),
@@ -135,12 +161,13 @@ impl Gate {
             .get_or_create(&Metrics::tenant(id))
             .inc();
         Ok(Admitted {
-            request_id,
+            request_id: request_id.clone(),
             rate: RateHeaders {
                 requests,
                 tokens: tokens_info,
             },
             settle: Some(Settlement {
+                request_id: request_id.clone(),
                 gate: self.clone(),
                 tenant: Arc::clone(tenant),
                 reservation,
@@ -185,12 +212,44 @@ impl Drop for Admitted {
             s.settle(Some(TokenUsage {
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                finish: None,
             }));
         }
     }
 }
 
 impl Settlement {
+    fn audit_completion(&self, usage: Option<TokenUsage>) {
+        let ids = (
+            audit::RequestId::new(self.request_id.clone()),
+            audit::TenantId::new(self.tenant.id.clone()),
+            audit::ModelId::new(self.gate.model_id.clone()),
+        );
+        let (Ok(request_id), Ok(tenant), Ok(model)) = ids else {
+            return;
+        };
+        let finish_reason = match usage.and_then(|u| u.finish) {
+            Some(FinishReason::Stop) => audit::FinishReason::Stop,
+            Some(FinishReason::Length) => audit::FinishReason::Length,
+            None if usage.is_some() => audit::FinishReason::Cancelled,
+            None => audit::FinishReason::Error,
+        };
+        let u = usage.unwrap_or(TokenUsage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finish: None,
+        });
+        self.gate.audit.record(AuditEvent::RequestCompleted {
+            request_id,
+            tenant,
+            model,
+            prompt_tokens: u32::try_from(u.prompt_tokens).unwrap_or(u32::MAX),
+            completion_tokens: u32::try_from(u.completion_tokens).unwrap_or(u32::MAX),
+            finish_reason,
+            watermark_key_id: None,
+        });
+    }
+
     /// Commits `usage` (or the whole reservation when unknown) and refunds the rest.
     fn settle(self, usage: Option<TokenUsage>) {
         let used = usage.map_or(u64::from(self.reserved), |u| {
@@ -222,6 +281,7 @@ impl Settlement {
             .in_flight
             .get_or_create(&Metrics::tenant(&tenant))
             .dec();
+        self.audit_completion(usage);
         let ledger = Arc::clone(&self.gate.ledger);
         let reservation = self.reservation;
         // The queue slot is released when this closure (which owns it) finishes.

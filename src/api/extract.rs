@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::audit::{AuditEvent, AuthFailReason};
 use crate::auth::{bearer_from_header, AuthError, Principal};
 use crate::tenant::Tenant;
 
@@ -25,6 +26,31 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, app).inspect_err(|e| audit_failure(app, e))
+    }
+}
+
+/// Records a refused authentication (reason only: never the token).
+fn audit_failure(app: &AppState, e: &ApiError) {
+    let reason = match e {
+        ApiError::Auth(AuthError::Missing) => AuthFailReason::Missing,
+        ApiError::Auth(AuthError::Malformed) => AuthFailReason::Malformed,
+        ApiError::Auth(AuthError::Expired) => AuthFailReason::Expired,
+        ApiError::Auth(AuthError::NotYetValid) => AuthFailReason::NotYetValid,
+        ApiError::Auth(AuthError::WrongIssuer) => AuthFailReason::WrongIssuer,
+        ApiError::Auth(AuthError::WrongAudience) => AuthFailReason::WrongAudience,
+        ApiError::Auth(AuthError::InsufficientScope(_)) => AuthFailReason::InsufficientScope,
+        ApiError::UnknownTenant => AuthFailReason::UnknownTenant,
+        _ => AuthFailReason::BadSignature,
+    };
+    app.gate.audit.record(AuditEvent::AuthFailed {
+        reason_code: reason,
+        tenant: None,
+    });
+}
+
+fn authenticate(parts: &Parts, app: &AppState) -> Result<Caller, ApiError> {
+    {
         let header = parts
             .headers
             .get(AUTHORIZATION)

@@ -3,12 +3,13 @@
 //! Every `/v1/*` route needs a valid tenant JWT; `/healthz` and `/readyz` are open and say
 //! nothing about tenants or the model.
 
+pub mod admin;
 pub mod admission;
 mod dto;
 mod error;
 mod extract;
 mod handlers;
-mod usage;
+pub(crate) mod usage;
 pub mod validate;
 
 use std::sync::Arc;
@@ -52,6 +53,15 @@ pub struct AppState {
     pub tenants: Arc<ArcSwap<TenantRegistry>>,
     pub limits: RequestLimits,
     pub gate: Gate,
+    pub ops: Arc<Ops>,
+}
+
+/// What the admin API needs besides the request path's state.
+#[derive(Debug)]
+pub struct Ops {
+    pub config: crate::config::Config,
+    pub reload: Arc<tokio::sync::Notify>,
+    pub loaded_kek: crate::keys::KekRef,
 }
 
 impl AppState {

@@ -23,6 +23,8 @@ use crate::tokenizer::ModelTokenizer;
 pub struct TokenUsage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// How it ended; `None` when it was cancelled or failed.
+    pub finish: Option<FinishReason>,
 }
 
 /// Called exactly once on the engine thread when a sequence ends for any reason (finished,
@@ -124,6 +126,7 @@ impl EngineHandle {
         req.on_finish.finish(TokenUsage {
             prompt_tokens: 0,
             completion_tokens: 0,
+            finish: None,
         });
         Err(err)
     }
@@ -146,6 +149,7 @@ fn run(
         let mut usage = TokenUsage {
             prompt_tokens: req.prompt.len(),
             completion_tokens: 0,
+            finish: None,
         };
         if let Err(e) = generate(&model, &tokenizer, req, &mut cache, &mut usage, &kv) {
             tracing::warn!(error = %e, "generation failed");
@@ -225,6 +229,7 @@ fn generate(
             return Ok(());
         }
     }
+    usage.finish = Some(reason);
     send(GenEvent::Done {
         reason,
         prompt_tokens,

@@ -21,11 +21,13 @@
 
 pub mod kek;
 pub mod keyring;
+pub mod pkcs11;
 pub mod publisher;
 
 pub use kek::{Dek, Kek, KekRef, KeyProvider, KEY_LEN};
 pub use keyring::Keyring;
 pub use publisher::{parse_public_key, PublisherKey, TrustedPublishers};
+pub use pkcs11::{Pkcs11Config, Pkcs11Kek};
 
 /// Longest key id (KEK id, publisher key id) in bytes.
 ///

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::config::Config;
 use crate::engine::LlamaModel;
-use crate::keys::{parse_public_key, Keyring, TrustedPublishers};
+use crate::keys::{parse_public_key, KeyProvider, Keyring, TrustedPublishers};
 use crate::seal::{SealError, SealedFile};
 use crate::securemem::{LockPolicy, LockedRegion};
 use crate::tokenizer::{ChatTemplate, ModelTokenizer};
@@ -47,8 +47,10 @@ pub struct LoadedModel {
     pub model: Arc<LlamaModel>,
     pub tokenizer: Arc<ModelTokenizer>,
     pub chat: ChatTemplate,
-    /// `id@version` of the KEK that unwrapped the DEK (for the audit trail).
+    /// `id@version` of the KEK that unwrapped the DEK (for logs).
     pub kek: String,
+    /// The KEK that unwrapped the DEK (for the audit trail and rewrap status).
+    pub kek_ref: crate::keys::KekRef,
     pub publisher: String,
     pub weights_locked: bool,
     /// The locked region holding the tensor data (kept for memory-scan tests).
@@ -80,6 +82,40 @@ pub fn load_key_material(cfg: &Config) -> Result<(Keyring, TrustedPublishers), L
         path: keyring_path,
         reason: e.to_string(),
     })?;
+    Ok((keyring, load_trusted(cfg)?))
+}
+
+/// The configured KEK provider: the HSM when `[keys.pkcs11]` is set, else the keyring file.
+pub fn key_provider(cfg: &Config) -> Result<Box<dyn KeyProvider>, LoadError> {
+    match &cfg.pkcs11 {
+        Some(p11) => Ok(Box::new(open_pkcs11(p11)?)),
+        None => Ok(Box::new(load_key_material(cfg)?.0)),
+    }
+}
+
+/// Opens the HSM-backed KEK provider (the PIN is read from its file, never from the config).
+pub fn open_pkcs11(p11: &crate::config::Pkcs11Settings) -> Result<crate::keys::Pkcs11Kek, LoadError> {
+    let pin_path = p11.pin_file.display().to_string();
+    let pin = std::fs::read_to_string(&p11.pin_file).map_err(|source| LoadError::Io {
+        what: "PKCS#11 PIN file",
+        path: pin_path.clone(),
+        source,
+    })?;
+    crate::keys::Pkcs11Kek::open(&crate::keys::Pkcs11Config {
+        module: p11.module.clone(),
+        token_label: p11.token_label.clone(),
+        pin: Zeroizing::new(pin.trim_end().to_string()),
+        key_label_prefix: p11.key_label_prefix.clone(),
+    })
+    .map_err(|e| LoadError::Key {
+        what: "PKCS#11 token",
+        path: p11.module.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads the trusted publisher keys named by the config.
+pub fn load_trusted(cfg: &Config) -> Result<TrustedPublishers, LoadError> {
     let mut trusted = TrustedPublishers::new();
     for (id, path) in &cfg.trusted_publishers {
         let p = path.display().to_string();
@@ -96,23 +132,25 @@ pub fn load_key_material(cfg: &Config) -> Result<(Keyring, TrustedPublishers), L
                 reason: e.to_string(),
             })?;
     }
-    Ok((keyring, trusted))
+    Ok(trusted)
 }
 
 pub fn load_sealed_model(cfg: &Config) -> Result<LoadedModel, LoadError> {
-    let (keyring, trusted) = load_key_material(cfg)?;
+    let keys = key_provider(cfg)?;
+    let trusted = load_trusted(cfg)?;
+    let keyring = keys.as_ref();
     let policy = if cfg.require_locked_weights {
         LockPolicy::Required
     } else {
         LockPolicy::BestEffort
     };
-    open_sealed(&cfg.sealed_model, &keyring, &trusted, policy)
+    open_sealed(&cfg.sealed_model, keyring, &trusted, policy)
 }
 
 /// Opens, verifies and decrypts a sealed GGUF model.
 pub fn open_sealed(
     path: &Path,
-    keyring: &Keyring,
+    keyring: &dyn KeyProvider,
     trusted: &TrustedPublishers,
     policy: LockPolicy,
 ) -> Result<LoadedModel, LoadError> {
@@ -137,11 +175,8 @@ pub fn open_sealed(
         .decrypt_tensors_into(region.as_mut_slice())
         .map_err(rejected)?;
     let weights = Arc::new(region);
-    let kek = format!(
-        "{}@{}",
-        sealed.envelope().kek().id,
-        sealed.envelope().kek().version
-    );
+    let kek_ref = sealed.envelope().kek().clone();
+    let kek = format!("{}@{}", kek_ref.id, kek_ref.version);
     let publisher = header.publisher_key_id().to_string();
 
     let model_err = |reason: String| LoadError::Model {
@@ -164,6 +199,7 @@ pub fn open_sealed(
         tokenizer: Arc::new(tokenizer),
         chat,
         kek,
+        kek_ref,
         publisher,
         weights_locked: weights.is_locked(),
         weights,
@@ -174,7 +210,7 @@ pub fn open_sealed(
 /// one-line description for the CLI.
 pub fn verify_sealed_file(
     path: &Path,
-    keyring: &Keyring,
+    keyring: &dyn KeyProvider,
     trusted: &TrustedPublishers,
 ) -> Result<String, LoadError> {
     let p = path.display().to_string();
@@ -197,4 +233,21 @@ pub fn verify_sealed_file(
         sealed.envelope().kek().version,
         h.publisher_key_id()
     ))
+}
+
+/// The KEK a sealed file's DEK is wrapped under (signature checked; no plaintext produced).
+pub fn sealed_kek(
+    path: &Path,
+    keyring: &dyn KeyProvider,
+    trusted: &TrustedPublishers,
+) -> Result<crate::keys::KekRef, LoadError> {
+    let p = path.display().to_string();
+    let file = File::open(path).map_err(|source| LoadError::Io {
+        what: "sealed model",
+        path: p.clone(),
+        source,
+    })?;
+    let sealed = SealedFile::open(BufReader::new(file), trusted, keyring)
+        .map_err(|_| LoadError::Rejected { path: p })?;
+    Ok(sealed.envelope().kek().clone())
 }

@@ -18,7 +18,7 @@ pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "cloister-test";
 
 pub struct Fixture {
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub state: StatePaths,
     pub gguf: PathBuf,
     pub config_path: PathBuf,
@@ -102,8 +102,16 @@ jwks = "{jwks}"
 issuer = "{ISSUER}"
 audience = "{AUDIENCE}"
 dev_issuer_key = "{issuer_key}"
+[admin]
+listen = "127.0.0.1:0"
 [ledger]
 path = "{ledger}"
+[audit]
+path = "{audit}"
+signing_key = "{audit_key}"
+public_key = "{audit_pub}"
+log_id = "cloister-test"
+key_id = "{audit_kid}"
 [plans.roomy]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -168,6 +176,10 @@ id = "elsewhere"
 plan = "other-model"
 "#,
             ledger = dir.path().join("ledger.sqlite").display(),
+            audit = dir.path().join("audit.log").display(),
+            audit_key = state.audit_key().display(),
+            audit_pub = state.audit_public().display(),
+            audit_kid = devstate::DEV_AUDIT_KEY_ID,
             cert = state.tls_cert().display(),
             key = state.tls_key().display(),
             sealed = sealed.display(),
@@ -181,7 +193,7 @@ plan = "other-model"
         std::fs::write(&config_path, toml).expect("write config");
         let cfg = Config::load(&config_path).expect("config");
         Fixture {
-            _dir: dir,
+            dir,
             state,
             gguf,
             config_path,
@@ -193,6 +205,7 @@ plan = "other-model"
 /// A running server on its own runtime (lives as long as the test binary).
 pub struct TestServer {
     pub url: String,
+    pub admin_url: String,
     pub ca_pem: Vec<u8>,
 }
 
@@ -213,13 +226,15 @@ pub fn server() -> &'static TestServer {
                 let server = cloister::server::start(cfg, listener)
                     .await
                     .expect("server start");
-                tx.send(server.addr).expect("send addr");
+                tx.send((server.addr, server.admin_addr.expect("admin listener")))
+                    .expect("send addr");
                 let _ = server.wait().await;
             });
         });
-        let addr = rx.recv().expect("server address");
+        let (addr, admin) = rx.recv().expect("server address");
         TestServer {
             url: format!("https://127.0.0.1:{}", addr.port()),
+            admin_url: format!("https://127.0.0.1:{}", admin.port()),
             ca_pem: std::fs::read(f.state.tls_cert()).expect("ca"),
         }
     })

@@ -330,7 +330,10 @@ impl Config {
         if raw.audit.checkpoint_every == 0 || raw.audit.fsync_every == 0 {
             problems.push("audit.checkpoint_every and audit.fsync_every must be >= 1".into());
         }
-        for (what, id) in [("audit.log_id", &raw.audit.log_id), ("audit.key_id", &raw.audit.key_id)] {
+        for (what, id) in [
+            ("audit.log_id", &raw.audit.log_id),
+            ("audit.key_id", &raw.audit.key_id),
+        ] {
             if let Err(e) = crate::audit::ids::check_id(id) {
                 problems.push(format!("{what}: {e}"));
             }

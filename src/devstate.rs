@@ -141,9 +141,12 @@ pub fn init(paths: &StatePaths) -> Result<InitReport, StateError> {
         ])
     })?;
     step(paths.audit_key(), &mut || {
-        let id = crate::audit::KeyId::new(DEV_AUDIT_KEY_ID).map_err(|e| gen_err("audit key")(e.to_string()))?;
+        let id = crate::audit::KeyId::new(DEV_AUDIT_KEY_ID)
+            .map_err(|e| gen_err("audit key")(e.to_string()))?;
         let signer = crate::audit::AuditSigner::generate(id.clone(), &mut OsRng);
-        let private = signer.to_pkcs8_pem().map_err(|e| gen_err("audit key")(e.to_string()))?;
+        let private = signer
+            .to_pkcs8_pem()
+            .map_err(|e| gen_err("audit key")(e.to_string()))?;
         let public = signer
             .verifier()
             .public_key_pem(&id)

@@ -508,7 +508,11 @@ fn model_rewrap(config: &Path, sealed: Option<PathBuf>) -> Result<()> {
         r.from.version,
         r.to.id,
         r.to.version,
-        if r.in_place { "header rewritten in place" } else { "rewritten and renamed" },
+        if r.in_place {
+            "header rewritten in place"
+        } else {
+            "rewritten and renamed"
+        },
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(())
@@ -518,7 +522,9 @@ fn audit_verifier(cfg: &Config) -> Result<cloister::audit::AuditVerifier> {
     let pem = std::fs::read_to_string(&cfg.audit.public_key)
         .with_context(|| format!("reading {}", cfg.audit.public_key.display()))?;
     let id = cloister::audit::KeyId::new(cfg.audit.key_id.clone())?;
-    Ok(cloister::audit::AuditVerifier::from_public_key_pem(id, &pem)?)
+    Ok(cloister::audit::AuditVerifier::from_public_key_pem(
+        id, &pem,
+    )?)
 }
 
 fn audit_verify(config: &Path, log: Option<PathBuf>) -> Result<()> {
@@ -538,7 +544,13 @@ fn audit_verify(config: &Path, log: Option<PathBuf>) -> Result<()> {
             );
             Ok(())
         }
-        Err(e) => bail!("{}: FAILED at line {} (seq {:?}): {:?}", path.display(), e.line, e.seq, e.kind),
+        Err(e) => bail!(
+            "{}: FAILED at line {} (seq {:?}): {:?}",
+            path.display(),
+            e.line,
+            e.seq,
+            e.kind
+        ),
     }
 }
 

@@ -67,7 +67,9 @@ pub fn watch<F>(
                     audit.record(AuditEvent::ConfigReloaded { what });
                     tracing::info!(what = ?what, detail = %detail, "reloaded");
                 }
-                Err(e) => tracing::error!(what = ?what, error = %e, "reload refused; keeping the previous version"),
+                Err(e) => {
+                    tracing::error!(what = ?what, error = %e, "reload refused; keeping the previous version")
+                }
             }
         }
     });
@@ -100,9 +102,15 @@ pub fn watch_tls(
     audit: Arc<AuditSink>,
 ) {
     let (c, k) = (cert.clone(), key.clone());
-    watch(ConfigPart::Tls, vec![cert, key], trigger, audit, move || {
-        let cfg = crate::tls::server_config(&c, &k).map_err(|e| e.to_string())?;
-        target.reload_from_config(cfg);
-        Ok(c.display().to_string())
-    });
+    watch(
+        ConfigPart::Tls,
+        vec![cert, key],
+        trigger,
+        audit,
+        move || {
+            let cfg = crate::tls::server_config(&c, &k).map_err(|e| e.to_string())?;
+            target.reload_from_config(cfg);
+            Ok(c.display().to_string())
+        },
+    );
 }

@@ -11,8 +11,8 @@ use axum_server::tls_rustls::RustlsConfig;
 use tokio::sync::Notify;
 
 use crate::api::admission::Gate;
-use crate::audit::{AuditEvent, AuditSink, ConfigPart, KeyId, Label, ModelId};
 use crate::api::{self, AppState, Ops, ServedModel};
+use crate::audit::{AuditEvent, AuditSink, ConfigPart, KeyId, Label, ModelId};
 use crate::auth::VerifyPolicy;
 use crate::config::Config;
 use crate::engine::EngineHandle;
@@ -103,7 +103,8 @@ pub async fn start(
     let ledger = open_ledger(&cfg)?;
     let audit = Arc::new(AuditSink::open(&cfg.audit)?);
     audit.record(AuditEvent::ServerStart {
-        version: Label::new(env!("CARGO_PKG_VERSION")).map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?,
+        version: Label::new(env!("CARGO_PKG_VERSION"))
+            .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?,
     });
     let load_cfg = cfg.clone();
     let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
@@ -262,20 +263,26 @@ fn watch_tenants(
     audit: Arc<AuditSink>,
 ) {
     let path = source.clone();
-    crate::reload::watch(ConfigPart::Tenants, vec![source], trigger, audit, move || {
-        let cfg = Config::load(&path).map_err(|e| e.to_string())?;
-        for t in &cfg.tenants {
-            rates.set_plan(&t.id, &t.plan);
-        }
-        let current = tenants.load();
-        for old in current.iter() {
-            if !cfg.tenants.iter().any(|t| t.id == old.id) {
-                rates.remove_tenant(&old.id);
+    crate::reload::watch(
+        ConfigPart::Tenants,
+        vec![source],
+        trigger,
+        audit,
+        move || {
+            let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+            for t in &cfg.tenants {
+                rates.set_plan(&t.id, &t.plan);
             }
-        }
-        tenants.store(Arc::new(TenantRegistry::from_config(&cfg.tenants)));
-        Ok(format!("{} tenants", cfg.tenants.len()))
-    });
+            let current = tenants.load();
+            for old in current.iter() {
+                if !cfg.tenants.iter().any(|t| t.id == old.id) {
+                    rates.remove_tenant(&old.id);
+                }
+            }
+            tenants.store(Arc::new(TenantRegistry::from_config(&cfg.tenants)));
+            Ok(format!("{} tenants", cfg.tenants.len()))
+        },
+    );
 }
 
 /// Runs until SIGINT or SIGTERM, then drains.
@@ -290,7 +297,8 @@ pub async fn serve_until_signal(cfg: Config) -> Result<(), ServeError> {
     #[cfg(unix)]
     {
         let reload = server.reload.clone();
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!("SIGHUP: re-checking JWKS, TLS certificate and tenants");

@@ -26,8 +26,11 @@ pub fn router(state: AppState) -> Router {
 
 fn admin(app: &AppState, caller: &Caller, action: &str) -> Result<(), ApiError> {
     caller.principal.require(Scope::Admin)?;
-    if let (Ok(tenant), Ok(action)) = (TenantId::new(caller.tenant.id.clone()), Label::new(action)) {
-        app.gate.audit.record(AuditEvent::AdminAction { tenant, action });
+    if let (Ok(tenant), Ok(action)) = (TenantId::new(caller.tenant.id.clone()), Label::new(action))
+    {
+        app.gate
+            .audit
+            .record(AuditEvent::AdminAction { tenant, action });
     }
     Ok(())
 }
@@ -44,7 +47,13 @@ async fn status(State(app): State<AppState>, caller: Caller) -> Result<Json<Valu
     })
     .await
     .map_err(|_| ApiError::Internal)?;
-    let kids: Vec<String> = app.verifier.load().jwks().kids().map(str::to_string).collect();
+    let kids: Vec<String> = app
+        .verifier
+        .load()
+        .jwks()
+        .kids()
+        .map(str::to_string)
+        .collect();
     Ok(Json(json!({
         "model": app.model.id,
         "loaded_kek": { "id": ops.loaded_kek.id, "version": ops.loaded_kek.version },
@@ -68,7 +77,10 @@ async fn audit_head(State(app): State<AppState>, caller: Caller) -> Result<Json<
     })))
 }
 
-async fn audit_checkpoint(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+async fn audit_checkpoint(
+    State(app): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     admin(&app, &caller, "audit_checkpoint")?;
     app.gate.audit.checkpoint().map_err(|e| {
         tracing::error!(error = %e, "audit checkpoint failed");

@@ -68,7 +68,9 @@ fn now_unix() -> u64 {
 
 fn rate_error(gate: &Gate, tenant: &str, e: RateError) -> ApiError {
     let limit = match &e {
-        RateError::Denied(d) if d.kind == crate::limits::LimitKind::Tokens => audit::LimitKind::Tokens,
+        RateError::Denied(d) if d.kind == crate::limits::LimitKind::Tokens => {
+            audit::LimitKind::Tokens
+        }
         RateError::InsufficientCapacity { .. } => audit::LimitKind::Context,
         _ => audit::LimitKind::Requests,
     };

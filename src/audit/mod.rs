@@ -48,6 +48,6 @@ pub use export::{export_since, ExportError, ExportReport};
 pub use ids::{IdError, KeyId, Label, LogId, ModelId, RequestId, TenantId};
 pub use record::{record_hash, Hash, Record, GENESIS_HASH};
 pub use retention::{RetentionError, RetentionPolicy};
-pub use verify::{verify, verify_from, ChainStart, VerifyError, VerifyErrorKind, VerifyReport};
 pub use sink::{load_signer, AuditConfig, AuditSink, SinkError};
+pub use verify::{verify, verify_from, ChainStart, VerifyError, VerifyErrorKind, VerifyReport};
 pub use writer::{AuditError, AuditLog, FsyncPolicy, OpenOptions, SyncPolicy};

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{AuditError, AuditEvent, AuditLog, AuditSigner, FsyncPolicy, Hash, KeyId, LogId, SyncPolicy};
+use super::{
+    AuditError, AuditEvent, AuditLog, AuditSigner, FsyncPolicy, Hash, KeyId, LogId, SyncPolicy,
+};
 
 /// Audit settings from the config file.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +44,8 @@ pub fn load_signer(path: &Path, key_id: &str) -> Result<AuditSigner, SinkError> 
         path: path.display().to_string(),
         reason,
     };
-    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let pem =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
     let id = KeyId::new(key_id).map_err(|e| err(e.to_string()))?;
     AuditSigner::from_pkcs8_pem(id, &pem).map_err(|e| err(e.to_string()))
 }
@@ -92,7 +95,10 @@ impl AuditSink {
     /// Appends `event`; failures are logged, not propagated (the request path must not fail
     /// because of the audit trail, and the error is visible to operators).
     pub fn record(&self, event: AuditEvent) {
-        let mut guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(log) = guard.as_mut() {
             if let Err(e) = log.append(now_ms(), event) {
                 tracing::error!(error = %e, "audit append failed");
@@ -102,7 +108,10 @@ impl AuditSink {
 
     /// Writes a signed checkpoint now.
     pub fn checkpoint(&self) -> Result<(), AuditError> {
-        let mut guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match guard.as_mut() {
             Some(log) => log.checkpoint(now_ms()),
             None => Ok(()),
@@ -111,13 +120,19 @@ impl AuditSink {
 
     /// Sequence number of the next record and the current head hash.
     pub fn head(&self) -> Option<(u64, Hash)> {
-        let guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.as_ref().map(|l| (l.next_seq(), l.head_hash()))
     }
 
     /// Writes a final checkpoint and closes the file.
     pub fn close(&self) {
-        let mut guard = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(log) = guard.take() {
             if let Err(e) = log.close(now_ms()) {
                 tracing::error!(error = %e, "closing the audit log failed");

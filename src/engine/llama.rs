@@ -359,7 +359,7 @@ fn tensor_span(
 ) -> Result<(usize, usize), ModelError> {
     let elems = info.shape.elem_count();
     let block = info.ggml_dtype.block_size();
-    if elems % block != 0 {
+    if !elems.is_multiple_of(block) {
         return Err(ModelError::Metadata(format!(
             "{name}: size not a block multiple"
         )));

@@ -26,8 +26,8 @@ pub mod publisher;
 
 pub use kek::{Dek, Kek, KekRef, KeyProvider, KEY_LEN};
 pub use keyring::Keyring;
-pub use publisher::{parse_public_key, PublisherKey, TrustedPublishers};
 pub use pkcs11::{Pkcs11Config, Pkcs11Kek};
+pub use publisher::{parse_public_key, PublisherKey, TrustedPublishers};
 
 /// Longest key id (KEK id, publisher key id) in bytes.
 ///

@@ -94,7 +94,9 @@ pub fn key_provider(cfg: &Config) -> Result<Box<dyn KeyProvider>, LoadError> {
 }
 
 /// Opens the HSM-backed KEK provider (the PIN is read from its file, never from the config).
-pub fn open_pkcs11(p11: &crate::config::Pkcs11Settings) -> Result<crate::keys::Pkcs11Kek, LoadError> {
+pub fn open_pkcs11(
+    p11: &crate::config::Pkcs11Settings,
+) -> Result<crate::keys::Pkcs11Kek, LoadError> {
     let pin_path = p11.pin_file.display().to_string();
     let pin = std::fs::read_to_string(&p11.pin_file).map_err(|source| LoadError::Io {
         what: "PKCS#11 PIN file",

@@ -22,7 +22,10 @@ const SECTOR: u64 = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum RewrapError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// Opaque on purpose, like every sealed-file refusal.
     #[error("sealed model {0} rejected: integrity, signature or key check failed")]
     Rejected(String),
@@ -49,7 +52,11 @@ pub fn rewrap_sealed_file(
         source,
     };
     let rejected = |_| RewrapError::Rejected(p.clone());
-    let file = OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
     let sealed = SealedFile::open(BufReader::new(&file), trusted, keys).map_err(rejected)?;
     let header = sealed.header().clone();
     let old = sealed.envelope().clone();

@@ -488,6 +488,18 @@ mod tests {
     }
 
     #[test]
+    fn shipped_configs_are_valid() {
+        for name in ["dev.toml", "production.example.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+            let text = std::fs::read_to_string(&path).expect("config");
+            let c = Config::parse(&text, Path::new("configs"))
+                .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            assert!(!c.tenants.is_empty(), "{name}");
+            assert!(c.admin_listen.is_some(), "{name}: admin API on its own listener");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let bad = GOOD.replace("[model]", "[model]\nsealed_typo = 1");
         let err = Config::parse(&bad, Path::new("/")).expect_err("unknown key");

@@ -490,12 +490,17 @@ mod tests {
     #[test]
     fn shipped_configs_are_valid() {
         for name in ["dev.toml", "production.example.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("configs")
+                .join(name);
             let text = std::fs::read_to_string(&path).expect("config");
             let c = Config::parse(&text, Path::new("configs"))
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
             assert!(!c.tenants.is_empty(), "{name}");
-            assert!(c.admin_listen.is_some(), "{name}: admin API on its own listener");
+            assert!(
+                c.admin_listen.is_some(),
+                "{name}: admin API on its own listener"
+            );
         }
     }
 

@@ -17,6 +17,8 @@
 //!
 //! Adapters:
 //! - [`securemem`]: the locked, non-dumpable, zeroize-on-drop region for plaintext weights.
+//! - [`gpu`]: the GPU path: kernel sources (AES-256-CTR decrypt into VRAM, zero-fill), the host
+//!   key schedule, and (feature `cuda`) the cudarc device adapter.
 //! - [`engine`]: the forward pass over the locked weights and the engine thread.
 //! - [`model`]: fetching the demo model, sealing GGUF files, loading sealed models.
 //! - [`api`]: axum routes, DTOs, validation and the one error-to-HTTP mapping.
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod config;
 pub mod devstate;
 pub mod engine;
+pub mod gpu;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -7,17 +7,18 @@
 //!
 //! Run: `cargo bench --bench admission`
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cloister::auth::{DevIssuer, Jwks, JwtVerifier, MintRequest, Scope, TenantId, VerifyPolicy};
-use cloister::devstate::{self, StatePaths};
 use cloister::engine::SeqCache;
-use cloister::keys::{Keyring, PublisherKey, TrustedPublishers};
 use cloister::limits::{Plan, RateLimits};
-use cloister::model::{self, fetch, open_sealed};
+use cloister::model::{self, open_sealed};
 use cloister::sampling::argmax;
 use cloister::securemem::LockPolicy;
 use cloister::store::{Ledger, SqliteLedger};
@@ -97,17 +98,12 @@ fn main() {
     let ledger_us = per_call(t.elapsed(), N);
 
     // The cheapest completion: a short prompt, one generated token.
-    let gguf = fetch::demo_model(&fetch::default_cache_dir()).expect("model");
-    let state = StatePaths::new(dir.path().join("state"));
-    devstate::init(&state).expect("keys");
-    let keyring =
-        Keyring::from_json(&std::fs::read_to_string(state.keyring()).expect("kr")).expect("kr");
-    let pem = std::fs::read_to_string(state.publisher_key()).expect("pub");
-    let publisher = PublisherKey::from_pkcs8_pem(devstate::DEV_PUBLISHER_ID, &pem).expect("pub");
-    let mut trusted = TrustedPublishers::new();
-    trusted
-        .insert(devstate::DEV_PUBLISHER_ID, publisher.verifying_key())
-        .expect("trust");
+    let gguf = support::demo_gguf();
+    let support::DevKeys {
+        keyring,
+        publisher,
+        trusted,
+    } = support::dev_keys(&dir.path().join("state"));
     let sealed = dir.path().join("m.sealed");
     model::seal_gguf_file(&gguf, &sealed, "m", &keyring, &publisher, &mut |_, _| {}).expect("seal");
     let loaded = open_sealed(&sealed, &keyring, &trusted, LockPolicy::Required).expect("load");

@@ -8,16 +8,17 @@
 //!
 //! Run: `cargo bench --bench sealed_load`
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use cloister::devstate::{self, StatePaths};
 use cloister::engine::LlamaModel;
-use cloister::keys::{Keyring, PublisherKey, TrustedPublishers};
-use cloister::model::{self, fetch, open_sealed};
+use cloister::model::{self, open_sealed};
 use cloister::seal::SealedFile;
 use cloister::securemem::{LockPolicy, LockedRegion};
 use cloister::tokenizer::{ChatTemplate, ModelTokenizer};
@@ -52,18 +53,13 @@ fn best(times: &[Duration]) -> f64 {
 }
 
 fn main() {
-    let gguf = fetch::demo_model(&fetch::default_cache_dir()).expect("demo model");
+    let gguf = support::demo_gguf();
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = StatePaths::new(dir.path());
-    devstate::init(&state).expect("dev keys");
-    let keyring =
-        Keyring::from_json(&std::fs::read_to_string(state.keyring()).expect("kr")).expect("kr");
-    let pem = std::fs::read_to_string(state.publisher_key()).expect("pub");
-    let publisher = PublisherKey::from_pkcs8_pem(devstate::DEV_PUBLISHER_ID, &pem).expect("pub");
-    let mut trusted = TrustedPublishers::new();
-    trusted
-        .insert(devstate::DEV_PUBLISHER_ID, publisher.verifying_key())
-        .expect("trust");
+    let support::DevKeys {
+        keyring,
+        publisher,
+        trusted,
+    } = support::dev_keys(dir.path());
     let bytes = std::fs::metadata(&gguf).expect("meta").len() as f64;
 
     let mut seal_times = Vec::new();

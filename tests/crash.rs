@@ -10,14 +10,7 @@ use common::{fixture, ServeProcess, MODEL_ID};
 use serde_json::{json, Value};
 
 fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca =
-        reqwest::Certificate::from_pem(&std::fs::read(fixture().state.tls_cert()).expect("ca"))
-            .expect("pem");
-    reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .expect("client")
+    common::https_client(&[&common::dev_ca()])
 }
 
 async fn usage(url: &str) -> Value {

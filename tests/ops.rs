@@ -17,6 +17,17 @@ fn cloister() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cloister"))
 }
 
+/// `cloister audit verify` on `log` with the fixture's config.
+fn audit_verify(log: &std::path::Path) -> std::process::Output {
+    cloister()
+        .args(["audit", "verify", "--config"])
+        .arg(&fixture().config_path)
+        .arg("--log")
+        .arg(log)
+        .output()
+        .expect("run")
+}
+
 fn audit_text() -> String {
     fs::read_to_string(&fixture().cfg.audit.path).expect("audit log")
 }
@@ -92,13 +103,7 @@ async fn audit_log_records_security_events_but_no_secrets_and_detects_tampering(
         .filter(|l| l.ends_with('\n'))
         .collect();
     fs::write(&copy, &whole).expect("copy");
-    let out = cloister()
-        .args(["audit", "verify", "--config"])
-        .arg(&f.config_path)
-        .arg("--log")
-        .arg(&copy)
-        .output()
-        .expect("run");
+    let out = audit_verify(&copy);
     assert!(
         out.status.success(),
         "{}",
@@ -111,13 +116,7 @@ async fn audit_log_records_security_events_but_no_secrets_and_detects_tampering(
     let tampered = whole.replacen("\"prompt_tokens\":", "\"prompt_tokens\":1", 1);
     assert_ne!(tampered, whole);
     fs::write(&copy, tampered).expect("write");
-    let out = cloister()
-        .args(["audit", "verify", "--config"])
-        .arg(&f.config_path)
-        .arg("--log")
-        .arg(&copy)
-        .output()
-        .expect("run");
+    let out = audit_verify(&copy);
     assert!(
         !out.status.success(),
         "a tampered log must fail verification"
@@ -131,13 +130,7 @@ async fn audit_log_records_security_events_but_no_secrets_and_detects_tampering(
     let mut deleted = lines.clone();
     deleted.remove(1);
     fs::write(&copy, deleted.join("\n") + "\n").expect("write");
-    let out = cloister()
-        .args(["audit", "verify", "--config"])
-        .arg(&f.config_path)
-        .arg("--log")
-        .arg(&copy)
-        .output()
-        .expect("run");
+    let out = audit_verify(&copy);
     assert!(
         !out.status.success(),
         "a log with a deleted record must fail verification"

@@ -100,7 +100,7 @@ async fn seal_serve_and_rotate_with_the_kek_in_softhsm2() {
     let server = cloister::server::start(cfg.clone(), listener)
         .await
         .expect("start");
-    let client = common_client();
+    let client = common::https_client(&[&common::dev_ca()]);
     let v: Value = client
         .post(format!("https://127.0.0.1:{}/v1/completions", server.addr.port()))
         .bearer_auth(f.token("demo", &[Scope::Inference]))
@@ -135,15 +135,4 @@ async fn seal_serve_and_rotate_with_the_kek_in_softhsm2() {
     cloister::model::verify_sealed_file(&sealed, keys.as_ref(), &trusted)
         .expect("verifies under v2");
     server.shutdown().await.expect("shutdown");
-}
-
-fn common_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca =
-        reqwest::Certificate::from_pem(&std::fs::read(fixture().state.tls_cert()).expect("ca"))
-            .expect("pem");
-    reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .expect("client")
 }

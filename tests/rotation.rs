@@ -13,15 +13,6 @@ use cloister::auth::{DevIssuer, MintRequest, Scope, TenantId};
 use common::{fixture, server, AUDIENCE, ISSUER, MODEL_ID};
 use serde_json::{json, Value};
 
-fn client_trusting(pems: &[&[u8]]) -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut b = reqwest::Client::builder();
-    for pem in pems {
-        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).expect("pem"));
-    }
-    b.build().expect("client")
-}
-
 fn write_atomically(path: &std::path::Path, bytes: &[u8]) {
     let tmp = path.with_extension("rotating");
     std::fs::write(&tmp, bytes).expect("write");
@@ -68,7 +59,7 @@ async fn every_key_rotates_under_load_without_a_failed_request() {
     let old_ca = s.ca_pem.clone();
     let (new_cert, new_key) = cloister::tls::self_signed_dev_cert().expect("cert");
     // Load clients trust both certificates, so a handshake on either succeeds.
-    let load_client = client_trusting(&[&old_ca, new_cert.as_bytes()]);
+    let load_client = common::https_client(&[&old_ca, new_cert.as_bytes()]);
     let token = Arc::new(Mutex::new(f.token("demo", &[Scope::Inference])));
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -185,7 +176,7 @@ async fn every_key_rotates_under_load_without_a_failed_request() {
     // 3. TLS certificate replacement: key first, then the certificate.
     write_atomically(&f.state.tls_key(), new_key.as_bytes());
     write_atomically(&f.state.tls_cert(), new_cert.as_bytes());
-    let new_only = client_trusting(&[new_cert.as_bytes()]);
+    let new_only = common::https_client(&[new_cert.as_bytes()]);
     wait_until("new handshakes present the new certificate", || {
         let (c, url) = (new_only.clone(), url.clone());
         async move {
@@ -196,7 +187,7 @@ async fn every_key_rotates_under_load_without_a_failed_request() {
         }
     })
     .await;
-    let old_only = client_trusting(&[&old_ca]);
+    let old_only = common::https_client(&[&old_ca]);
     assert!(
         old_only.get(format!("{url}/healthz")).send().await.is_err(),
         "a client trusting only the old certificate must now fail the handshake"

@@ -149,6 +149,24 @@ pub fn load_sealed_model(cfg: &Config) -> Result<LoadedModel, LoadError> {
     open_sealed(&cfg.sealed_model, keyring, &trusted, policy)
 }
 
+/// Opens `path` as a sealed file: signature checked and DEK unwrapped, no plaintext yet.
+fn open_verified(
+    path: &Path,
+    keys: &dyn KeyProvider,
+    trusted: &TrustedPublishers,
+) -> Result<SealedFile<BufReader<File>>, LoadError> {
+    let file = File::open(path).map_err(|source| LoadError::Io {
+        what: "sealed model",
+        path: path.display().to_string(),
+        source,
+    })?;
+    SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keys).map_err(|_| {
+        LoadError::Rejected {
+            path: path.display().to_string(),
+        }
+    })
+}
+
 /// Opens, verifies and decrypts a sealed GGUF model.
 pub fn open_sealed(
     path: &Path,
@@ -158,13 +176,7 @@ pub fn open_sealed(
 ) -> Result<LoadedModel, LoadError> {
     let p = path.display().to_string();
     let rejected = |_: SealError| LoadError::Rejected { path: p.clone() };
-    let file = File::open(path).map_err(|source| LoadError::Io {
-        what: "sealed model",
-        path: p.clone(),
-        source,
-    })?;
-    let mut sealed = SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keyring)
-        .map_err(rejected)?;
+    let mut sealed = open_verified(path, keyring, trusted)?;
     let header = sealed.header().clone();
     let meta_len =
         usize::try_from(header.meta_len()).map_err(|_| LoadError::Rejected { path: p.clone() })?;
@@ -217,13 +229,7 @@ pub fn verify_sealed_file(
 ) -> Result<String, LoadError> {
     let p = path.display().to_string();
     let rejected = |_: SealError| LoadError::Rejected { path: p.clone() };
-    let file = File::open(path).map_err(|source| LoadError::Io {
-        what: "sealed model",
-        path: p.clone(),
-        source,
-    })?;
-    let mut sealed = SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keyring)
-        .map_err(rejected)?;
+    let mut sealed = open_verified(path, keyring, trusted)?;
     sealed.verify_all_tags().map_err(rejected)?;
     let h = sealed.header();
     Ok(format!(
@@ -240,16 +246,8 @@ pub fn verify_sealed_file(
 /// The KEK a sealed file's DEK is wrapped under (signature checked; no plaintext produced).
 pub fn sealed_kek(
     path: &Path,
-    keyring: &dyn KeyProvider,
+    keys: &dyn KeyProvider,
     trusted: &TrustedPublishers,
 ) -> Result<crate::keys::KekRef, LoadError> {
-    let p = path.display().to_string();
-    let file = File::open(path).map_err(|source| LoadError::Io {
-        what: "sealed model",
-        path: p.clone(),
-        source,
-    })?;
-    let sealed = SealedFile::open(BufReader::new(file), trusted, keyring)
-        .map_err(|_| LoadError::Rejected { path: p })?;
-    Ok(sealed.envelope().kek().clone())
+    Ok(open_verified(path, keys, trusted)?.envelope().kek().clone())
 }

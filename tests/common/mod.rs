@@ -242,12 +242,22 @@ pub fn server() -> &'static TestServer {
 
 /// An HTTPS client that trusts only the test server's dev certificate.
 pub fn client() -> reqwest::Client {
+    https_client(&[&server().ca_pem])
+}
+
+/// An HTTPS client that trusts exactly the given PEM certificates.
+pub fn https_client(cas: &[&[u8]]) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let ca = reqwest::Certificate::from_pem(&server().ca_pem).expect("ca pem");
-    reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .expect("client")
+    let mut b = reqwest::Client::builder();
+    for pem in cas {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).expect("ca pem"));
+    }
+    b.build().expect("client")
+}
+
+/// The fixture's dev CA certificate.
+pub fn dev_ca() -> Vec<u8> {
+    std::fs::read(fixture().state.tls_cert()).expect("ca")
 }
 
 /// Reference data from ../shared/reference.

@@ -16,6 +16,7 @@ use crate::audit::{AuditEvent, AuditSink, ConfigPart, KeyId, Label, ModelId};
 use crate::auth::VerifyPolicy;
 use crate::config::Config;
 use crate::engine::EngineHandle;
+use crate::keys::KekRef;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::model::{load_sealed_model, LoadError};
@@ -195,6 +196,7 @@ pub async fn start(
     if let Some(source) = cfg.source.clone() {
         watch_tenants(source, tenants, rates, reload.clone(), audit.clone());
     }
+    watch_keys(&cfg, loaded.kek_ref.clone(), reload.clone(), audit.clone());
     let server = axum_server::from_tcp_rustls(listener, rustls.clone()).handle(handle.clone());
     let admin_addr = match admin_listener {
         Some(l) => {
@@ -283,6 +285,57 @@ fn watch_tenants(
             Ok(format!("{} tenants", cfg.tenants.len()))
         },
     );
+}
+
+/// Notices KEK rotations and rewraps done offline (`cloister keys rotate`, `model rewrap`):
+/// the rewrapped file is verified against the current keys and both events are audited. The
+/// running weights stay as they are — they need no re-decryption.
+fn watch_keys(cfg: &Config, loaded: KekRef, trigger: Arc<Notify>, audit: Arc<AuditSink>) {
+    let mut paths = vec![cfg.sealed_model.clone()];
+    if cfg.pkcs11.is_none() {
+        paths.push(cfg.keyring.clone());
+    }
+    let active = crate::model::key_provider(cfg).map_or_else(|_| loaded.clone(), |k| k.active());
+    let cfg = cfg.clone();
+    let last = std::sync::Mutex::new((active, loaded));
+    let audit_events = audit.clone();
+    crate::reload::watch(ConfigPart::Keys, paths, trigger, audit, move || {
+        let keys = crate::model::key_provider(&cfg).map_err(|e| e.to_string())?;
+        let trusted = crate::model::load_trusted(&cfg).map_err(|e| e.to_string())?;
+        let file = crate::model::sealed_kek(&cfg.sealed_model, keys.as_ref(), &trusted)
+            .map_err(|e| e.to_string())?;
+        let active = keys.active();
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (prev_active, prev_file) = &*last;
+        if active != *prev_active {
+            if let Ok(kek_id) = KeyId::new(active.id.clone()) {
+                audit_events.record(AuditEvent::KeyRotated {
+                    kek_id,
+                    new_version: active.version,
+                });
+            }
+        }
+        if file != *prev_file {
+            if let (Ok(model), Ok(kek_id)) = (
+                ModelId::new(cfg.model_id.clone()),
+                KeyId::new(file.id.clone()),
+            ) {
+                audit_events.record(AuditEvent::ModelRewrapped {
+                    model,
+                    kek_id,
+                    from_version: prev_file.version,
+                    to_version: file.version,
+                });
+            }
+        }
+        *last = (active.clone(), file.clone());
+        Ok(format!(
+            "active KEK {}@{}, model wrapped under {}@{}",
+            active.id, active.version, file.id, file.version
+        ))
+    });
 }
 
 /// Runs until SIGINT or SIGTERM, then drains.

@@ -193,6 +193,13 @@ async fn every_key_rotates_under_load_without_a_failed_request() {
         "a client trusting only the old certificate must now fail the handshake"
     );
 
+    // The offline rotation and rewrap were noticed and audited by the running server.
+    let audit_path = f.cfg.audit.path.clone();
+    wait_until("the rotation and the rewrap are in the audit log", || {
+        let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        async move { text.contains("KeyRotated") && text.contains("ModelRewrapped") }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {

@@ -242,7 +242,12 @@ fn exhausted_pool_refuses_only_its_tenant_and_cancel_frees_blocks() {
         .kv_blocks
         .get_or_create(&Metrics::tenant("cancel"))
         .clone();
-    assert!(gauge.get() > 0);
+    // The gauge is updated at the end of the step that produced the text.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge.get() == 0 {
+        assert!(Instant::now() < deadline, "blocks in use never reported");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(job.rx);
     let usage = job.usage.recv_timeout(Duration::from_secs(30)).unwrap();
     assert!(usage.completion_tokens < 400);

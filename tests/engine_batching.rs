@@ -112,6 +112,28 @@ fn batched_forward_is_batch_invariant() {
     assert_eq!(bits(&logits[2]), bits(&want));
 }
 
+/// Prefilling a long prompt in chunks (as the engine does) gives the logits of one-shot prefill.
+#[test]
+fn chunked_prefill_equals_one_shot() {
+    let loaded = load();
+    let model = &loaded.model;
+    let prompt = loaded
+        .tokenizer
+        .encode_text(&"Tell me about the sea and the ships on it. ".repeat(30))
+        .unwrap();
+    assert!(prompt.len() > 300);
+    let mut one = SeqCache::default();
+    let want = model.forward(&prompt, &mut one).unwrap();
+    let mut chunked = SeqCache::default();
+    let mut got = Vec::new();
+    for c in prompt.chunks(256) {
+        got = model.forward(c, &mut chunked).unwrap();
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got), bits(&want));
+    assert_eq!(chunked.len(), one.len());
+}
+
 struct Usage(std_mpsc::Sender<TokenUsage>);
 
 impl FinishHook for Usage {

@@ -5,12 +5,13 @@
 //! wait) and read [`GenEvent`]s from a bounded channel.
 //!
 //! The engine thread runs continuous batching: every step it starts at most one queued request
-//! (chosen fairly across tenants by [`sched`]), then runs that prompt together with one decode
-//! token of every running sequence — any tenants — as a single [`LlamaModel::forward_batch`],
-//! so each weight is read once per step. Each sequence's KV cache is drawn from its tenant's
-//! [`TenantPool`]; a tenant whose pool is exhausted gets [`EngineError::KvPoolExhausted`] and
-//! nobody else notices. Events are handed over without blocking (a slow reader only pauses its
-//! own sequence), and a client that disconnects is dropped at the next step, freeing its blocks.
+//! (chosen fairly across tenants by [`sched`]), then runs that prompt (in chunks of
+//! `PREFILL_CHUNK` tokens) together with one decode token of every running sequence — any
+//! tenants — as a single [`LlamaModel::forward_batch`], so each weight is read once per step.
+//! Each sequence's KV cache is drawn from its tenant's [`TenantPool`]; a tenant whose pool is
+//! exhausted gets [`EngineError::KvPoolExhausted`] and nobody else notices. Events are handed
+//! over without blocking (a slow reader only pauses its own sequence), and a client that
+//! disconnects is dropped at the next step, freeing its blocks.
 
 mod kv;
 mod llama;
@@ -187,6 +188,10 @@ impl EngineHandle {
 /// until the client catches up (only that sequence waits).
 const MAX_PENDING_EVENTS: usize = 8;
 
+/// Prompt tokens one sequence feeds per step: a long prompt is prefilled in chunks so it never
+/// stalls the other sequences' decoding for more than one chunk's time.
+const PREFILL_CHUNK: usize = 256;
+
 /// How long the engine naps when every running sequence is waiting on its client.
 const IDLE_NAP: Duration = Duration::from_millis(1);
 
@@ -284,7 +289,6 @@ impl Seq {
 
     /// Consumes the logits of the last step: samples, streams text, decides whether to go on.
     fn on_logits(&mut self, logits: &[f32], ctx: usize, eos: Option<u32>) {
-        self.input.clear();
         if self.completion_tokens >= self.max_tokens || self.cache.len() >= ctx {
             return self.finish(FinishReason::Length, false);
         }
@@ -413,7 +417,7 @@ impl Engine {
 
         let shape = self.model.kv_shape();
         for s in self.running.iter_mut().filter(|s| s.ready()) {
-            let need = s.cache.len() + s.input.len();
+            let need = s.cache.len() + s.input.len().min(PREFILL_CHUNK);
             if let Err(e) = s.cache.reserve(shape, need) {
                 tracing::info!(tenant = %s.tenant, error = %e, "KV pool exhausted");
                 s.fail(EngineError::KvPoolExhausted);
@@ -429,7 +433,8 @@ impl Engine {
                 .iter_mut()
                 .map(|s| {
                     let Seq { input, cache, .. } = &mut **s;
-                    (input.as_slice(), cache)
+                    let n = input.len().min(PREFILL_CHUNK);
+                    (&input[..n], cache)
                 })
                 .collect();
             self.model.forward_batch(&mut items)
@@ -439,12 +444,15 @@ impl Engine {
         match result {
             Ok(logits) => {
                 for (s, l) in batch.iter_mut().zip(&logits) {
-                    let n = s.input.len();
+                    let n = s.input.len().min(PREFILL_CHUNK);
                     s.kv_gauge.inc_by(n as i64);
                     s.kv_counted += n;
                     s.prefilled = true;
-                    s.on_logits(l, ctx, eos);
-                    s.flush();
+                    s.input.drain(..n);
+                    if s.input.is_empty() {
+                        s.on_logits(l, ctx, eos);
+                        s.flush();
+                    }
                 }
             }
             Err(e) => {

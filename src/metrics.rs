@@ -47,6 +47,7 @@ pub struct Metrics {
     pub inter_token: HistogramFamily,
     pub in_flight: Family<TenantLabel, Gauge>,
     pub kv_tokens: Family<TenantLabel, Gauge>,
+    pub kv_blocks: Family<TenantLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +71,7 @@ impl Metrics {
         let inter_token: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let in_flight = Family::<TenantLabel, Gauge>::default();
         let kv_tokens = Family::<TenantLabel, Gauge>::default();
+        let kv_blocks = Family::<TenantLabel, Gauge>::default();
         registry.register(
             "requests",
             "Completed API requests by tenant, endpoint and status",
@@ -105,6 +107,11 @@ impl Metrics {
             "Positions held in KV caches",
             kv_tokens.clone(),
         );
+        registry.register(
+            "kv_blocks_in_use",
+            "KV cache blocks held from the tenant's pool",
+            kv_blocks.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -114,6 +121,7 @@ impl Metrics {
             inter_token,
             in_flight,
             kv_tokens,
+            kv_blocks,
         }
     }
 

@@ -74,13 +74,14 @@ impl ApiError {
             ApiError::Auth(e) if e.http_status() == 403 => "permission_error",
             ApiError::Auth(_) => "authentication_error",
             ApiError::UnknownTenant => "permission_error",
-            ApiError::Engine(EngineError::QueueFull) | ApiError::TenantQueueFull => {
-                "rate_limit_error"
-            }
+            ApiError::Engine(EngineError::QueueFull | EngineError::KvPoolExhausted)
+            | ApiError::TenantQueueFull => "rate_limit_error",
             ApiError::RateLimited(d) => d.kind.as_str(),
             ApiError::RequestTooLarge { .. } => "invalid_request_error",
             ApiError::QuotaExceeded { .. } => "insufficient_quota",
-            ApiError::Engine(EngineError::Stopped) | ApiError::Internal => "server_error",
+            ApiError::Engine(EngineError::Stopped | EngineError::Failed) | ApiError::Internal => {
+                "server_error"
+            }
         }
     }
 
@@ -92,13 +93,15 @@ impl ApiError {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
             ApiError::UnknownTenant => StatusCode::FORBIDDEN,
-            ApiError::Engine(EngineError::QueueFull)
+            ApiError::Engine(EngineError::QueueFull | EngineError::KvPoolExhausted)
             | ApiError::TenantQueueFull
             | ApiError::RateLimited(_)
             | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTooLarge { .. } => StatusCode::BAD_REQUEST,
             ApiError::Engine(EngineError::Stopped) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Engine(EngineError::Failed) | ApiError::Internal => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -110,11 +113,13 @@ impl ApiError {
             ApiError::Auth(e) => Some(e.code()),
             ApiError::UnknownTenant => Some("unknown_tenant"),
             ApiError::Engine(EngineError::QueueFull) => Some("server_busy"),
+            ApiError::Engine(EngineError::KvPoolExhausted) => Some("kv_pool_exhausted"),
             ApiError::TenantQueueFull => Some("tenant_queue_full"),
             ApiError::RateLimited(_) => Some("rate_limit_exceeded"),
             ApiError::RequestTooLarge { .. } => Some("request_too_large"),
             ApiError::QuotaExceeded { .. } => Some("insufficient_quota"),
             ApiError::Engine(EngineError::Stopped) => Some("engine_stopped"),
+            ApiError::Engine(EngineError::Failed) => None,
             ApiError::UnknownRoute => Some("unknown_url"),
             ApiError::Internal => None,
         }

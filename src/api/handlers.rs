@@ -228,6 +228,7 @@ async fn respond(
         max_tokens: valid.max_tokens,
         sampling: valid.sampling,
         stop: valid.stop,
+        kv_pool_bytes: tenant.plan.kv_pool_bytes,
         events: tx,
         on_finish: admitted.into_finish_hook(),
     })?;
@@ -303,7 +304,7 @@ async fn collect(
                     false,
                 ));
             }
-            GenEvent::Failed(_) => return Err(ApiError::Internal),
+            GenEvent::Failed(e) => return Err(ApiError::Engine(e)),
         }
     }
     Err(ApiError::Internal)
@@ -347,7 +348,8 @@ fn sse(
                 }
                 (out, false)
             }
-            Some(GenEvent::Failed(_)) | None => (vec![ApiError::Internal.body()], false),
+            Some(GenEvent::Failed(e)) => (vec![ApiError::Engine(e).body()], false),
+            None => (vec![ApiError::Internal.body()], false),
         };
         let mut items: Vec<Event> = events
             .into_iter()

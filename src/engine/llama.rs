@@ -1,17 +1,31 @@
 //! Llama forward pass over weights that live in the locked region, with the KV cache passed in
 //! per sequence.
 //!
-//! candle's `quantized_llama::ModelWeights` keeps one KV cache inside the model and reads tensors
-//! through temporary heap buffers it frees without wiping. Here the model is shared read-only by
-//! every sequence and each sequence owns its [`SeqCache`], so tenants never share attention state.
-//! Quantized matrices are built from slices of the locked region; the token embedding table is
-//! never dequantized as a whole: rows are dequantized on lookup.
+//! Every matrix product runs on the [`super::qk`] kernels, which read the GGUF blocks in place
+//! from the locked, zeroize-on-drop region: no weight is copied, repacked or dequantized into
+//! ordinary heap memory (norm weights are read from the region too; embedding rows are
+//! dequantized one token at a time). The model is shared read-only by every sequence; each
+//! sequence owns its [`SeqCache`] of paged KV blocks, so tenants never share attention state.
+//!
+//! [`LlamaModel::forward_batch`] runs any mix of prefills and decode steps as one batch: the rows
+//! of all sequences go through each weight matrix together (each weight row is read once per
+//! step), while attention stays per sequence. The kernels are batch-invariant, and everything
+//! else is computed per row, so a sequence's logits do not depend on what else is in the batch.
+//!
+//! Numerics follow llama.cpp's CPU path where it matters for greedy agreement: activations are
+//! quantized to Q8_1/Q8_0 like llama.cpp's, keys and values are rounded through f16 like its
+//! f16 KV cache, and the attention probabilities are rounded through f16 before they weight the
+//! values (llama.cpp converts them to the f16 value cache's type). With these, greedy output
+//! equals the llama.cpp reference for all 32 tokens of both reference prompts.
 
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{gguf_file, GgmlDType};
 
+use super::kv::{KvError, KvShape, SeqCache, BLOCK_POSITIONS};
+use super::qk::{
+    self, ActFormat, Kernel, Pool, Q4_1Matrix, Q8_0Matrix, QWeight, QkError, QuantizedActs,
+};
 use crate::securemem::LockedRegion;
 
 /// Hyper-parameters read from the GGUF metadata.
@@ -34,8 +48,14 @@ pub enum ModelError {
     Metadata(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    #[error("invalid input: {0}")]
+    Input(String),
     #[error("model compute: {0}")]
     Compute(#[from] candle_core::Error),
+    #[error("kernel: {0}")]
+    Kernel(#[from] QkError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }
 
 impl LlamaConfig {
@@ -94,16 +114,59 @@ impl LlamaConfig {
     }
 }
 
+/// Block format of a weight matrix (the ones the kernels handle).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WFormat {
+    Q4_1,
+    Q8_0,
+}
+
+/// A quantized matrix inside the locked region (offsets are bounds-checked at load).
+#[derive(Clone, Copy, Debug)]
+struct WeightRef {
+    offset: usize,
+    len: usize,
+    rows: usize,
+    cols: usize,
+    format: WFormat,
+}
+
+impl WeightRef {
+    fn view<'a>(&self, data: &'a [u8]) -> Result<QWeight<'a>, ModelError> {
+        let bytes = data
+            .get(self.offset..self.offset + self.len)
+            .ok_or_else(|| ModelError::Metadata("weight out of range".into()))?;
+        Ok(match self.format {
+            WFormat::Q4_1 => Q4_1Matrix::new(bytes, self.rows, self.cols)?.into(),
+            WFormat::Q8_0 => Q8_0Matrix::new(bytes, self.rows, self.cols)?.into(),
+        })
+    }
+
+    fn act_format(&self) -> ActFormat {
+        match self.format {
+            WFormat::Q4_1 => ActFormat::Q8_1,
+            WFormat::Q8_0 => ActFormat::Q8_0,
+        }
+    }
+}
+
+/// An f32 vector (a norm weight) inside the locked region, read in place.
+#[derive(Clone, Copy, Debug)]
+struct VecRef {
+    offset: usize,
+    len: usize,
+}
+
 struct Layer {
-    attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    attn_norm: VecRef,
+    wq: WeightRef,
+    wk: WeightRef,
+    wv: WeightRef,
+    wo: WeightRef,
+    ffn_norm: VecRef,
+    w_gate: WeightRef,
+    w_up: WeightRef,
+    w_down: WeightRef,
 }
 
 /// The token embedding table, kept quantized in the locked region.
@@ -119,69 +182,97 @@ pub struct LlamaModel {
     weights: Arc<LockedRegion>,
     embedding: Embedding,
     layers: Vec<Layer>,
-    norm: Tensor,
-    output: QMatMul,
-    cos: Tensor,
-    sin: Tensor,
-    device: Device,
+    norm: VecRef,
+    output: WeightRef,
+    /// `[position][head_dim / 2]` rotation tables.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    pool: Pool,
+    kernel: Kernel,
 }
 
 impl std::fmt::Debug for LlamaModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LlamaModel")
             .field("cfg", &self.cfg)
+            .field("kernel", &self.kernel)
+            .field("threads", &self.pool.threads())
             .finish_non_exhaustive()
     }
 }
 
-/// One sequence's attention state: per layer the keys and values seen so far.
+/// Attention work (score terms) below which a batch's attention runs on the caller's thread.
+const PARALLEL_ATTENTION_MIN: usize = 16 * 1024;
+
+/// Reusable per-call buffers.
 #[derive(Default)]
-pub struct SeqCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-    pos: usize,
-}
-
-impl SeqCache {
-    /// Number of positions already in the cache.
-    pub fn len(&self) -> usize {
-        self.pos
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pos == 0
-    }
+struct Buffers {
+    acts: QuantizedActs,
+    acts_of: Option<(ActFormat, usize)>,
+    tmp: Vec<f32>,
 }
 
 impl LlamaModel {
-    /// Builds the model from parsed metadata and the tensor-data region.
+    /// Builds the model from parsed metadata and the tensor-data region, with one kernel thread
+    /// per available core.
     pub fn load(ct: &gguf_file::Content, weights: Arc<LockedRegion>) -> Result<Self, ModelError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::load_with_threads(ct, weights, threads)
+    }
+
+    /// [`Self::load`] with an explicit kernel thread count.
+    pub fn load_with_threads(
+        ct: &gguf_file::Content,
+        weights: Arc<LockedRegion>,
+        threads: usize,
+    ) -> Result<Self, ModelError> {
         let cfg = LlamaConfig::from_metadata(ct)?;
-        let device = Device::Cpu;
-        let data = weights.as_slice();
-        let tensor = |name: &str| -> Result<QTensor, ModelError> {
-            let info = ct
-                .tensor_infos
+        let data_len = weights.as_slice().len();
+        let info = |name: &str| {
+            ct.tensor_infos
                 .get(name)
-                .ok_or_else(|| ModelError::Metadata(format!("missing tensor {name}")))?;
-            let (start, len) = tensor_span(info, data.len(), name)?;
-            let storage = QStorage::from_data(
-                std::borrow::Cow::Borrowed(&data[start..start + len]),
-                &device,
-                info.ggml_dtype,
-            )?;
-            Ok(QTensor::new(storage, info.shape.clone())?)
+                .ok_or_else(|| ModelError::Metadata(format!("missing tensor {name}")))
         };
-        let dense =
-            |name: &str| -> Result<Tensor, ModelError> { Ok(tensor(name)?.dequantize(&device)?) };
-        let matmul = |name: &str| -> Result<QMatMul, ModelError> {
-            Ok(QMatMul::from_qtensor(tensor(name)?)?)
+        let matrix = |name: &str| -> Result<WeightRef, ModelError> {
+            let i = info(name)?;
+            let format = match i.ggml_dtype {
+                GgmlDType::Q4_1 => WFormat::Q4_1,
+                GgmlDType::Q8_0 => WFormat::Q8_0,
+                other => {
+                    return Err(ModelError::Unsupported(format!(
+                        "{name}: tensor type {other:?}"
+                    )))
+                }
+            };
+            let (rows, cols) = i.shape.dims2()?;
+            let (offset, len) = tensor_span(i, data_len, name)?;
+            let w = WeightRef {
+                offset,
+                len,
+                rows,
+                cols,
+                format,
+            };
+            // Validates the shape against the byte length once, here.
+            w.view(weights.as_slice())?;
+            Ok(w)
+        };
+        let vector = |name: &str, n: usize| -> Result<VecRef, ModelError> {
+            let i = info(name)?;
+            if i.ggml_dtype != GgmlDType::F32 || i.shape.elem_count() != n {
+                return Err(ModelError::Unsupported(format!(
+                    "{name}: expected {n} f32 values"
+                )));
+            }
+            let (offset, len) = tensor_span(i, data_len, name)?;
+            Ok(VecRef {
+                offset,
+                len: len / 4,
+            })
         };
 
-        let emb_info = ct
-            .tensor_infos
-            .get("token_embd.weight")
-            .ok_or_else(|| ModelError::Metadata("missing tensor token_embd.weight".into()))?;
-        let (emb_start, emb_len) = tensor_span(emb_info, data.len(), "token_embd.weight")?;
+        let emb_info = info("token_embd.weight")?;
+        let (emb_start, emb_len) = tensor_span(emb_info, data_len, "token_embd.weight")?;
         let (rows, cols) = emb_info.shape.dims2()?;
         if rows != cfg.vocab || cols != cfg.n_embd {
             return Err(ModelError::Metadata(
@@ -203,30 +294,51 @@ impl LlamaModel {
             row_bytes: emb_len / rows,
         };
 
+        let d = cfg.n_embd;
+        let kvd = cfg.n_kv_head * cfg.head_dim;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
-            layers.push(Layer {
-                attn_norm: dense(&format!("{p}.attn_norm.weight"))?,
-                wq: matmul(&format!("{p}.attn_q.weight"))?,
-                wk: matmul(&format!("{p}.attn_k.weight"))?,
-                wv: matmul(&format!("{p}.attn_v.weight"))?,
-                wo: matmul(&format!("{p}.attn_output.weight"))?,
-                ffn_norm: dense(&format!("{p}.ffn_norm.weight"))?,
-                w_gate: matmul(&format!("{p}.ffn_gate.weight"))?,
-                w_up: matmul(&format!("{p}.ffn_up.weight"))?,
-                w_down: matmul(&format!("{p}.ffn_down.weight"))?,
-            });
+            let layer = Layer {
+                attn_norm: vector(&format!("{p}.attn_norm.weight"), d)?,
+                wq: matrix(&format!("{p}.attn_q.weight"))?,
+                wk: matrix(&format!("{p}.attn_k.weight"))?,
+                wv: matrix(&format!("{p}.attn_v.weight"))?,
+                wo: matrix(&format!("{p}.attn_output.weight"))?,
+                ffn_norm: vector(&format!("{p}.ffn_norm.weight"), d)?,
+                w_gate: matrix(&format!("{p}.ffn_gate.weight"))?,
+                w_up: matrix(&format!("{p}.ffn_up.weight"))?,
+                w_down: matrix(&format!("{p}.ffn_down.weight"))?,
+            };
+            let ff = layer.w_gate.rows;
+            let dims_ok = [
+                (layer.wq, d, d),
+                (layer.wk, kvd, d),
+                (layer.wv, kvd, d),
+                (layer.wo, d, d),
+                (layer.w_gate, ff, d),
+                (layer.w_up, ff, d),
+                (layer.w_down, d, ff),
+            ]
+            .iter()
+            .all(|(w, r, c)| w.rows == *r && w.cols == *c);
+            if !dims_ok {
+                return Err(ModelError::Metadata(format!("{p}: unexpected shapes")));
+            }
+            layers.push(layer);
         }
         // Tied embeddings: models without `output.weight` project with the embedding table.
         let output = if ct.tensor_infos.contains_key("output.weight") {
-            matmul("output.weight")?
+            matrix("output.weight")?
         } else {
-            matmul("token_embd.weight")?
+            matrix("token_embd.weight")?
         };
-        let (cos, sin) = rope_tables(&cfg, &device)?;
+        if output.rows != cfg.vocab || output.cols != d {
+            return Err(ModelError::Metadata("output shape does not match".into()));
+        }
+        let (cos, sin) = rope_tables(&cfg);
         Ok(LlamaModel {
-            norm: dense("output_norm.weight")?,
+            norm: vector("output_norm.weight", d)?,
             cfg,
             weights,
             embedding,
@@ -234,7 +346,8 @@ impl LlamaModel {
             output,
             cos,
             sin,
-            device,
+            pool: Pool::new(threads)?,
+            kernel: Kernel::best(),
         })
     }
 
@@ -242,112 +355,304 @@ impl LlamaModel {
         &self.cfg
     }
 
+    /// Geometry of this model's KV blocks.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape {
+            n_layer: self.cfg.n_layer,
+            kv_dim: self.cfg.n_kv_head * self.cfg.head_dim,
+        }
+    }
+
     /// Runs `tokens` through the model after the positions already in `cache`, appends their keys
     /// and values to it, and returns the logits of the last token.
     pub fn forward(&self, tokens: &[u32], cache: &mut SeqCache) -> Result<Vec<f32>, ModelError> {
-        let seq = tokens.len();
-        let pos = cache.pos;
-        if seq == 0 {
-            return Err(ModelError::Metadata("empty input".into()));
-        }
-        if pos + seq > self.cfg.context_length {
-            return Err(ModelError::Metadata("context window exceeded".into()));
-        }
-        if cache.layers.is_empty() {
-            cache.layers = (0..self.cfg.n_layer).map(|_| None).collect();
-        }
-        let cfg = &self.cfg;
-        let mut x = self.embed(tokens)?;
-        let mask = if seq > 1 {
-            let m = candle_transformers::utils::build_causal_mask(seq, pos, &self.device)?;
-            Some(m)
-        } else {
-            None
-        };
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, cfg.rms_eps)?;
-            let q = layer
-                .wq
-                .forward(&h)?
-                .reshape((1, seq, cfg.n_head, cfg.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let k = layer
-                .wk
-                .forward(&h)?
-                .reshape((1, seq, cfg.n_kv_head, cfg.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = layer
-                .wv
-                .forward(&h)?
-                .reshape((1, seq, cfg.n_kv_head, cfg.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            // GGUF llama weights are permuted for the interleaved ("normal") rope layout.
-            let q = candle_nn::rotary_emb::rope_i(&q, &cos, &sin)?;
-            // The cache holds f16 keys and values, as llama.cpp's does: greedy outputs then agree
-            // with the reference implementation token for token.
-            let k = candle_nn::rotary_emb::rope_i(&k, &cos, &sin)?
-                .to_dtype(DType::F16)?
-                .to_dtype(DType::F32)?;
-            let v = v.to_dtype(DType::F16)?.to_dtype(DType::F32)?;
-            let (k, v) = match kv.take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
-            *kv = Some((k.clone(), v.clone()));
-            let n_rep = cfg.n_head / cfg.n_kv_head;
-            let k = candle_transformers::utils::repeat_kv(k, n_rep)?;
-            let v = candle_transformers::utils::repeat_kv(v, n_rep)?.contiguous()?;
-            let att = (q.matmul(&k.t()?)? / (cfg.head_dim as f64).sqrt())?;
-            let att = match &mask {
-                Some(m) => {
-                    let m = m.broadcast_as(att.shape())?;
-                    let neg =
-                        Tensor::new(f32::NEG_INFINITY, &self.device)?.broadcast_as(att.shape())?;
-                    m.where_cond(&neg, &att)?
-                }
-                None => att,
-            };
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
-            let y = att
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((1, seq, cfg.n_embd))?;
-            x = (layer.wo.forward(&y)? + x)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, cfg.rms_eps)?;
-            let gate = candle_nn::ops::silu(&layer.w_gate.forward(&h)?)?;
-            let up = layer.w_up.forward(&h)?;
-            x = (layer.w_down.forward(&(gate * up)?)? + x)?;
-        }
-        cache.pos = pos + seq;
-        let last = x.narrow(1, seq - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, cfg.rms_eps)?;
-        let logits = self.output.forward(&last)?;
-        Ok(logits
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?)
+        let mut logits = self.forward_batch(&mut [(tokens, cache)])?;
+        logits
+            .pop()
+            .ok_or_else(|| ModelError::Input("empty batch".into()))
     }
 
-    /// Looks up embedding rows, dequantizing only the rows needed.
-    fn embed(&self, tokens: &[u32]) -> Result<Tensor, ModelError> {
-        let n = self.cfg.n_embd;
-        let data = self.weights.as_slice();
-        let mut out = Vec::with_capacity(tokens.len() * n);
-        for &t in tokens {
-            let t = t as usize;
-            if t >= self.cfg.vocab {
-                return Err(ModelError::Metadata(format!("token id {t} out of range")));
-            }
-            let start = self.embedding.offset + t * self.embedding.row_bytes;
-            let row = &data[start..start + self.embedding.row_bytes];
-            dequantize_row(self.embedding.dtype, row, &mut out);
+    /// Runs several sequences as one batch (any mix of prompts and single decode tokens) and
+    /// returns each one's last-token logits, in order. Each sequence's result is bit-for-bit what
+    /// [`Self::forward`] gives it alone. On error no cache advances (blocks may have been
+    /// reserved).
+    pub fn forward_batch(
+        &self,
+        items: &mut [(&[u32], &mut SeqCache)],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let cfg = &self.cfg;
+        let shape = self.kv_shape();
+        if items.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(Tensor::from_vec(out, (1, tokens.len(), n), &self.device)?)
+        for (tokens, cache) in items.iter_mut() {
+            if tokens.is_empty() {
+                return Err(ModelError::Input("empty input".into()));
+            }
+            if cache.pos + tokens.len() > cfg.context_length {
+                return Err(ModelError::Input("context window exceeded".into()));
+            }
+            cache.reserve(shape, cache.pos + tokens.len())?;
+        }
+        // Row r of the batch is token `rows[r].1` of item `rows[r].0` at position `rows[r].2`.
+        let mut rows = Vec::new();
+        let mut last_rows = Vec::with_capacity(items.len());
+        for (i, (tokens, cache)) in items.iter().enumerate() {
+            for (j, &t) in tokens.iter().enumerate() {
+                rows.push((i, t, cache.pos + j));
+            }
+            last_rows.push(rows.len() - 1);
+        }
+        let n = rows.len();
+        let d = cfg.n_embd;
+        let kvd = shape.kv_dim;
+        let ff = self.layers.first().map_or(0, |l| l.w_gate.rows);
+
+        let mut x = Vec::with_capacity(n * d);
+        for &(_, t, _) in &rows {
+            self.embed(t, &mut x)?;
+        }
+        let mut h = vec![0.0f32; n * d];
+        let mut q = vec![0.0f32; n * d];
+        let mut k = vec![0.0f32; n * kvd];
+        let mut v = vec![0.0f32; n * kvd];
+        let mut att = vec![0.0f32; n * d];
+        let mut proj = vec![0.0f32; n * d];
+        let mut gate = vec![0.0f32; n * ff];
+        let mut up = vec![0.0f32; n * ff];
+        let mut buf = Buffers::default();
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.rms_norm(&x, layer.attn_norm, &mut h);
+            buf.acts_of = None;
+            self.project(layer.wq, &h, &mut q, &mut buf)?;
+            self.project(layer.wk, &h, &mut k, &mut buf)?;
+            self.project(layer.wv, &h, &mut v, &mut buf)?;
+            for (r, &(i, _, pos)) in rows.iter().enumerate() {
+                self.rope(&mut q[r * d..(r + 1) * d], pos);
+                let kr = &mut k[r * kvd..(r + 1) * kvd];
+                self.rope(kr, pos);
+                // The cache holds f16-rounded keys and values, as llama.cpp's f16 cache does:
+                // greedy outputs then agree with the reference token for token.
+                round_f16(kr);
+                let vr = &mut v[r * kvd..(r + 1) * kvd];
+                round_f16(vr);
+                let cache = &mut items[i].1;
+                let (b, slot) = (pos / BLOCK_POSITIONS, pos % BLOCK_POSITIONS);
+                let block = cache
+                    .blocks
+                    .get_mut(b)
+                    .ok_or_else(|| ModelError::Input("KV block missing".into()))?
+                    .data_mut();
+                let ko = shape.offset(l, false, slot);
+                block[ko..ko + kvd].copy_from_slice(kr);
+                let vo = shape.offset(l, true, slot);
+                block[vo..vo + kvd].copy_from_slice(vr);
+            }
+            self.attention(l, items, &rows, &q, &mut att)?;
+            buf.acts_of = None;
+            self.project(layer.wo, &att, &mut proj, &mut buf)?;
+            add_assign(&mut x, &proj);
+
+            self.rms_norm(&x, layer.ffn_norm, &mut h);
+            buf.acts_of = None;
+            self.project(layer.w_gate, &h, &mut gate, &mut buf)?;
+            self.project(layer.w_up, &h, &mut up, &mut buf)?;
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = silu(*g) * u;
+            }
+            buf.acts_of = None;
+            self.project(layer.w_down, &gate, &mut proj, &mut buf)?;
+            add_assign(&mut x, &proj);
+        }
+        for (tokens, cache) in items.iter_mut() {
+            cache.pos += tokens.len();
+        }
+        let mut last = Vec::with_capacity(last_rows.len() * d);
+        for &r in &last_rows {
+            last.extend_from_slice(&x[r * d..(r + 1) * d]);
+        }
+        let mut normed = vec![0.0f32; last.len()];
+        self.rms_norm(&last, self.norm, &mut normed);
+        let mut logits = vec![0.0f32; last_rows.len() * cfg.vocab];
+        buf.acts_of = None;
+        self.project(self.output, &normed, &mut logits, &mut buf)?;
+        Ok(logits
+            .chunks_exact(cfg.vocab)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// `out = xs · Wᵀ`, quantizing `xs` only when the previous call did not already.
+    fn project(
+        &self,
+        w: WeightRef,
+        xs: &[f32],
+        out: &mut [f32],
+        buf: &mut Buffers,
+    ) -> Result<(), ModelError> {
+        let key = (w.act_format(), w.cols);
+        if buf.acts_of != Some(key) {
+            buf.acts.quantize(key.0, xs, w.cols)?;
+            buf.acts_of = Some(key);
+        }
+        let view = w.view(self.weights.as_slice())?;
+        qk::matmul_quantized(view, &buf.acts, out, &self.pool, self.kernel, &mut buf.tmp)?;
+        Ok(())
+    }
+
+    /// Causal attention of every batch row over its own sequence's cache.
+    fn attention(
+        &self,
+        layer: usize,
+        items: &[(&[u32], &mut SeqCache)],
+        rows: &[(usize, u32, usize)],
+        q: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let d = self.cfg.n_embd;
+        let work: usize = rows.iter().map(|&(_, _, p)| p + 1).sum::<usize>() * self.cfg.n_head;
+        let row = |r: usize, o: &mut [f32]| {
+            let (i, _, pos) = rows[r];
+            self.attend_row(layer, &items[i].1.blocks, pos, &q[r * d..(r + 1) * d], o);
+        };
+        if work >= PARALLEL_ATTENTION_MIN && self.pool.threads() > 1 {
+            use rayon::prelude::*;
+            self.pool.install(|| {
+                out.par_chunks_mut(d)
+                    .enumerate()
+                    .for_each(|(r, o)| row(r, o))
+            });
+        } else {
+            for (r, o) in out.chunks_exact_mut(d).enumerate() {
+                row(r, o);
+            }
+        }
+        Ok(())
+    }
+
+    /// One row's attention over positions `0..=pos` of `blocks`.
+    fn attend_row(
+        &self,
+        layer: usize,
+        blocks: &[super::kv::KvBlock],
+        pos: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        let cfg = &self.cfg;
+        let shape = self.kv_shape();
+        let hd = cfg.head_dim;
+        let n_rep = cfg.n_head / cfg.n_kv_head;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut scores = vec![0.0f32; pos + 1];
+        for h in 0..cfg.n_head {
+            let kvh = h / n_rep;
+            let qh = &q[h * hd..(h + 1) * hd];
+            for (t, s) in scores.iter_mut().enumerate() {
+                let o = shape.offset(layer, false, t % BLOCK_POSITIONS) + kvh * hd;
+                let kt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
+                *s = dot(qh, kt) * scale;
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0.0f64;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += f64::from(*s);
+            }
+            let inv = (1.0 / sum) as f32;
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            oh.fill(0.0);
+            for (t, &p) in scores.iter().enumerate() {
+                let o = shape.offset(layer, true, t % BLOCK_POSITIONS) + kvh * hd;
+                let vt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
+                // llama.cpp multiplies the f16 value cache by the probabilities converted to
+                // f16; doing the same keeps greedy outputs on the reference.
+                let p = half::f16::from_f32(p * inv).to_f32();
+                for (a, &b) in oh.iter_mut().zip(vt) {
+                    *a += p * b;
+                }
+            }
+        }
+    }
+
+    /// Interleaved ("normal") rotary embedding, as GGUF llama weights expect.
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let half = self.cfg.head_dim / 2;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        for head in x.chunks_exact_mut(self.cfg.head_dim) {
+            for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * cos[i] - b * sin[i];
+                pair[1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+
+    /// Row-wise RMS norm of `x` (rows of `n_embd`) times the weight `w`, into `out`.
+    fn rms_norm(&self, x: &[f32], w: VecRef, out: &mut [f32]) {
+        let d = self.cfg.n_embd;
+        let data = self.weights.as_slice();
+        let wb = &data[w.offset..w.offset + w.len * 4];
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let sum: f64 = xr.iter().map(|&v| f64::from(v * v)).sum();
+            let mean = (sum / d as f64) as f32;
+            let scale = 1.0 / (mean + self.cfg.rms_eps).sqrt();
+            for ((o, &v), b) in or.iter_mut().zip(xr).zip(wb.chunks_exact(4)) {
+                *o = v * scale * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+
+    /// Appends the embedding row of `token`, dequantizing only that row.
+    fn embed(&self, token: u32, out: &mut Vec<f32>) -> Result<(), ModelError> {
+        let t = token as usize;
+        if t >= self.cfg.vocab {
+            return Err(ModelError::Input(format!("token id {t} out of range")));
+        }
+        let start = self.embedding.offset + t * self.embedding.row_bytes;
+        let row = self
+            .weights
+            .as_slice()
+            .get(start..start + self.embedding.row_bytes)
+            .ok_or_else(|| ModelError::Metadata("embedding out of range".into()))?;
+        dequantize_row(self.embedding.dtype, row, out);
+        Ok(())
+    }
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent lanes (vectorizes), then a fixed reduction: same order for every call.
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn round_f16(x: &mut [f32]) {
+    for v in x {
+        *v = half::f16::from_f32(*v).to_f32();
     }
 }
 
@@ -393,15 +698,20 @@ fn dequantize_row(dtype: GgmlDType, row: &[u8], out: &mut Vec<f32>) {
     }
 }
 
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), ModelError> {
+/// `[position][head_dim / 2]` cos/sin tables, computed as candle's were (f32 throughout).
+fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let theta: Vec<f32> = (0..cfg.head_dim)
         .step_by(2)
         .map(|i| 1f32 / cfg.rope_base.powf(i as f32 / cfg.head_dim as f32))
         .collect();
-    let theta = Tensor::new(theta.as_slice(), device)?;
-    let positions = Tensor::arange(0, cfg.context_length as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((cfg.context_length, 1))?;
-    let angles = positions.broadcast_mul(&theta.reshape((1, theta.elem_count()))?)?;
-    Ok((angles.cos()?, angles.sin()?))
+    let mut cos = Vec::with_capacity(cfg.context_length * theta.len());
+    let mut sin = Vec::with_capacity(cfg.context_length * theta.len());
+    for p in 0..cfg.context_length {
+        for &t in &theta {
+            let a = p as f32 * t;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
 }

@@ -2,21 +2,37 @@
 //!
 //! The async side never runs model code: handlers submit a [`GenRequest`] with
 //! [`EngineHandle::try_submit`] (a full queue is an immediate, typed refusal — never an unbounded
-//! wait) and read [`GenEvent`]s from a bounded channel. A client that disconnects drops its
-//! receiver; the engine sees the closed channel at the next token and frees the sequence at once.
+//! wait) and read [`GenEvent`]s from a bounded channel.
+//!
+//! The engine thread runs continuous batching: every step it starts at most one queued request
+//! (chosen fairly across tenants by [`sched`]), then runs that prompt (in chunks of
+//! `PREFILL_CHUNK` tokens) together with one decode token of every running sequence — any
+//! tenants — as a single [`LlamaModel::forward_batch`], so each weight is read once per step.
+//! Each sequence's KV cache is drawn from its tenant's [`TenantPool`]; a tenant whose pool is
+//! exhausted gets [`EngineError::KvPoolExhausted`] and nobody else notices. Events are handed
+//! over without blocking (a slow reader only pauses its own sequence), and a client that
+//! disconnects is dropped at the next step, freeing its blocks.
 
+mod kv;
 mod llama;
+pub mod qk;
+pub mod sched;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use llama::{LlamaConfig, LlamaModel, ModelError, SeqCache};
+pub use kv::{
+    KvBlock, KvError, KvShape, SeqCache, TenantPool, BLOCK_POSITIONS, DEFAULT_KV_POOL_BYTES,
+};
+pub use llama::{LlamaConfig, LlamaModel, ModelError};
 
 use crate::metrics::Metrics;
 use crate::sampling::{Sampler, SamplingParams, StopMatcher};
-use crate::tokenizer::ModelTokenizer;
+use crate::tokenizer::{ModelTokenizer, StreamDecoder};
 
 /// Tokens a finished (or cancelled) sequence consumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +58,8 @@ pub struct GenRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// The tenant plan's KV pool budget; `None` is the server default.
+    pub kv_pool_bytes: Option<u64>,
     pub events: mpsc::Sender<GenEvent>,
     pub on_finish: Box<dyn FinishHook>,
 }
@@ -83,15 +101,42 @@ pub enum GenEvent {
         prompt_tokens: usize,
         completion_tokens: usize,
     },
-    Failed(String),
+    Failed(EngineError),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, Copy, PartialEq, Eq)]
 pub enum EngineError {
     #[error("the server is at capacity; retry shortly")]
     QueueFull,
     #[error("the engine has stopped")]
     Stopped,
+    /// The tenant's KV cache pool (its plan's `kv_pool_bytes`) has no room for this sequence.
+    #[error("your KV cache pool is exhausted; retry when your other requests finish")]
+    KvPoolExhausted,
+    /// The model failed on this request (details are logged, not returned).
+    #[error("generation failed")]
+    Failed,
+}
+
+/// Engine tuning.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Requests waiting to start (the submit channel plus the fair queue).
+    pub queue_capacity: usize,
+    /// Sequences decoded together in one step.
+    pub max_running: usize,
+    /// KV budget for tenants whose plan has none.
+    pub default_kv_pool_bytes: u64,
+}
+
+impl EngineConfig {
+    pub fn new(queue_capacity: usize) -> Self {
+        EngineConfig {
+            queue_capacity: queue_capacity.max(1),
+            max_running: 16,
+            default_kv_pool_bytes: DEFAULT_KV_POOL_BYTES,
+        }
+    }
 }
 
 /// Cheap, cloneable handle to the engine thread.
@@ -108,10 +153,20 @@ impl EngineHandle {
         metrics: Arc<Metrics>,
         queue_capacity: usize,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(queue_capacity.max(1));
+        Self::start_with(model, tokenizer, metrics, EngineConfig::new(queue_capacity))
+    }
+
+    /// Starts the engine thread with explicit tuning.
+    pub fn start_with(
+        model: Arc<LlamaModel>,
+        tokenizer: Arc<ModelTokenizer>,
+        metrics: Arc<Metrics>,
+        cfg: EngineConfig,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         thread::Builder::new()
             .name("cloister-engine".into())
-            .spawn(move || run(model, tokenizer, metrics, rx))?;
+            .spawn(move || Engine::new(model, tokenizer, metrics, cfg).run(rx))?;
         Ok(EngineHandle { tx })
     }
 
@@ -132,34 +187,16 @@ impl EngineHandle {
     }
 }
 
-fn run(
-    model: Arc<LlamaModel>,
-    tokenizer: Arc<ModelTokenizer>,
-    metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<GenRequest>,
-) {
-    while let Some(mut req) = rx.blocking_recv() {
-        let events = req.events.clone();
-        let on_finish = std::mem::replace(&mut req.on_finish, Box::new(NoHook));
-        let kv = metrics
-            .kv_tokens
-            .get_or_create(&Metrics::tenant(&req.tenant))
-            .clone();
-        let mut cache = SeqCache::default();
-        let mut usage = TokenUsage {
-            prompt_tokens: req.prompt.len(),
-            completion_tokens: 0,
-            finish: None,
-        };
-        if let Err(e) = generate(&model, &tokenizer, req, &mut cache, &mut usage, &kv) {
-            tracing::warn!(error = %e, "generation failed");
-            let _ = events.blocking_send(GenEvent::Failed("generation failed".into()));
-        }
-        kv.dec_by(cache.len() as i64);
-        drop(cache);
-        on_finish.finish(usage);
-    }
-}
+/// Events a sequence may hold back while its client is slow; beyond this it stops decoding
+/// until the client catches up (only that sequence waits).
+const MAX_PENDING_EVENTS: usize = 8;
+
+/// Prompt tokens one sequence feeds per step: a long prompt is prefilled in chunks so it never
+/// stalls the other sequences' decoding for more than one chunk's time.
+const PREFILL_CHUNK: usize = 256;
+
+/// How long the engine naps when every running sequence is waiting on its client.
+const IDLE_NAP: Duration = Duration::from_millis(1);
 
 struct NoHook;
 
@@ -167,73 +204,334 @@ impl FinishHook for NoHook {
     fn finish(self: Box<Self>, _usage: TokenUsage) {}
 }
 
-/// Runs one sequence to completion, streaming text out. `usage` is kept current so the caller
-/// can charge a sequence that fails or is cancelled half-way.
-fn generate(
-    model: &LlamaModel,
-    tok: &ModelTokenizer,
-    req: GenRequest,
-    cache: &mut SeqCache,
-    usage: &mut TokenUsage,
-    kv: &prometheus_client::metrics::gauge::Gauge,
-) -> Result<(), ModelError> {
-    let mut sampler = Sampler::new(req.sampling);
-    let mut stop = StopMatcher::new(req.stop);
-    let mut decoder = tok.stream_decoder();
-    let ctx = model.config().context_length;
-    let eos = tok.eos_id();
-    let prompt_tokens = req.prompt.len();
-    let mut logits = model.forward(&req.prompt, cache)?;
-    kv.inc_by(prompt_tokens as i64);
-    let mut completion_tokens = 0usize;
-    let send = |ev: GenEvent| req.events.blocking_send(ev).is_ok();
-    let mut stop_string_hit = false;
-    let reason = loop {
-        if req.events.is_closed() {
-            // Client went away: drop the sequence (and its cache) now.
-            return Ok(());
-        }
-        if completion_tokens >= req.max_tokens || cache.len() >= ctx {
-            break FinishReason::Length;
-        }
-        let next = sampler.sample(&logits);
-        if Some(next) == eos {
-            break FinishReason::Stop;
-        }
-        completion_tokens += 1;
-        usage.completion_tokens = completion_tokens;
-        if let Some(text) = decoder.push(next) {
-            let step = stop.push(&text);
-            if !step.emit.is_empty() && !send(GenEvent::Text(step.emit)) {
-                return Ok(());
-            }
-            if step.stopped {
-                stop_string_hit = true;
-                break FinishReason::Stop;
-            }
-        }
-        if completion_tokens < req.max_tokens && cache.len() < ctx {
-            logits = model.forward(&[next], cache)?;
-            kv.inc();
-        }
-    };
-    if !stop_string_hit {
-        // Release what the detokenizer and the stop matcher held back.
-        let tail = decoder.finish();
-        let step = stop.push(&tail);
-        let mut rest = step.emit;
-        if !step.stopped {
-            rest.push_str(&stop.finish());
-        }
-        if !rest.is_empty() && !send(GenEvent::Text(rest)) {
-            return Ok(());
+/// A running sequence and its generation state.
+struct Seq {
+    tenant: Arc<str>,
+    events: mpsc::Sender<GenEvent>,
+    on_finish: Option<Box<dyn FinishHook>>,
+    cache: SeqCache,
+    sampler: Sampler,
+    stop: StopMatcher,
+    decoder: StreamDecoder,
+    /// Tokens to run at the next step: the prompt, then the last sampled token.
+    input: Vec<u32>,
+    max_tokens: usize,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    pending: VecDeque<GenEvent>,
+    /// `Done` or `Failed` is queued; nothing more to compute.
+    done: bool,
+    /// The client went away.
+    gone: bool,
+    /// The prompt has run.
+    prefilled: bool,
+    kv_gauge: prometheus_client::metrics::gauge::Gauge,
+    kv_counted: usize,
+    /// How it ended, once it has.
+    finished: Option<FinishReason>,
+}
+
+impl Seq {
+    fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            // A prompt that never ran consumed nothing.
+            prompt_tokens: if self.prefilled {
+                self.prompt_tokens
+            } else {
+                0
+            },
+            completion_tokens: self.completion_tokens,
+            finish: self.finished,
         }
     }
-    usage.finish = Some(reason);
-    send(GenEvent::Done {
-        reason,
-        prompt_tokens,
-        completion_tokens,
-    });
-    Ok(())
+
+    fn settle(&mut self) {
+        if let Some(hook) = self.on_finish.take() {
+            let usage = self.usage();
+            hook.finish(usage);
+        }
+    }
+
+    fn fail(&mut self, err: EngineError) {
+        self.pending.push_back(GenEvent::Failed(err));
+        self.done = true;
+        self.input.clear();
+        self.settle();
+    }
+
+    /// Hands queued events to the client without blocking.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() {
+            match self.events.try_reserve() {
+                Ok(permit) => {
+                    if let Some(ev) = self.pending.pop_front() {
+                        permit.send(ev);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(())) => return,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.gone = true;
+                    return;
+                }
+            }
+        }
+        if self.events.is_closed() {
+            self.gone = true;
+        }
+    }
+
+    /// Whether this sequence is finished with (or abandoned) and can be dropped.
+    fn retired(&self) -> bool {
+        self.gone || (self.done && self.pending.is_empty())
+    }
+
+    /// Whether this sequence takes part in the next step.
+    fn ready(&self) -> bool {
+        !self.done
+            && !self.gone
+            && !self.input.is_empty()
+            && self.pending.len() < MAX_PENDING_EVENTS
+    }
+
+    /// Consumes the logits of the last step: samples, streams text, decides whether to go on.
+    fn on_logits(&mut self, logits: &[f32], ctx: usize, eos: Option<u32>) {
+        if self.completion_tokens >= self.max_tokens || self.cache.len() >= ctx {
+            return self.finish(FinishReason::Length, false);
+        }
+        let next = self.sampler.sample(logits);
+        if Some(next) == eos {
+            return self.finish(FinishReason::Stop, false);
+        }
+        self.completion_tokens += 1;
+        if let Some(text) = self.decoder.push(next) {
+            let step = self.stop.push(&text);
+            if !step.emit.is_empty() {
+                self.pending.push_back(GenEvent::Text(step.emit));
+            }
+            if step.stopped {
+                return self.finish(FinishReason::Stop, true);
+            }
+        }
+        if self.completion_tokens < self.max_tokens && self.cache.len() < ctx {
+            self.input.push(next);
+        } else {
+            self.finish(FinishReason::Length, false);
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason, stop_string_hit: bool) {
+        if !stop_string_hit {
+            // Release what the detokenizer and the stop matcher held back.
+            let tail = self.decoder.finish();
+            let step = self.stop.push(&tail);
+            let mut rest = step.emit;
+            if !step.stopped {
+                rest.push_str(&self.stop.finish());
+            }
+            if !rest.is_empty() {
+                self.pending.push_back(GenEvent::Text(rest));
+            }
+        }
+        self.pending.push_back(GenEvent::Done {
+            reason,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+        });
+        self.finished = Some(reason);
+        self.done = true;
+        self.settle();
+    }
+}
+
+impl Drop for Seq {
+    fn drop(&mut self) {
+        // Cancelled (client gone) or stopped engine: charge what was used. The cache's blocks go
+        // back to the tenant's pool, zeroed, when `cache` drops right after this.
+        self.settle();
+        self.kv_gauge.dec_by(self.kv_counted as i64);
+    }
+}
+
+/// The engine thread's state.
+struct Engine {
+    model: Arc<LlamaModel>,
+    tok: Arc<ModelTokenizer>,
+    metrics: Arc<Metrics>,
+    cfg: EngineConfig,
+    queue: sched::FairQueue<GenRequest>,
+    running: Vec<Seq>,
+    pools: HashMap<Arc<str>, TenantPool>,
+}
+
+impl Engine {
+    fn new(
+        model: Arc<LlamaModel>,
+        tok: Arc<ModelTokenizer>,
+        metrics: Arc<Metrics>,
+        cfg: EngineConfig,
+    ) -> Self {
+        Engine {
+            model,
+            tok,
+            metrics,
+            cfg,
+            queue: sched::FairQueue::default(),
+            running: Vec::new(),
+            pools: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<GenRequest>) {
+        let mut open = true;
+        loop {
+            if self.running.is_empty() && self.queue.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.blocking_recv() {
+                    Some(r) => self.queue.push(r.tenant.clone(), r),
+                    None => return,
+                }
+            }
+            while open && self.queue.len() < self.cfg.queue_capacity {
+                match rx.try_recv() {
+                    Ok(r) => self.queue.push(r.tenant.clone(), r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+                }
+            }
+            if !self.step() {
+                thread::sleep(IDLE_NAP);
+            }
+        }
+    }
+
+    /// One scheduling step; returns whether any model work was done.
+    fn step(&mut self) -> bool {
+        // Requests whose client left before they started consumed nothing.
+        for req in self.queue.remove_where(|r| r.events.is_closed()) {
+            req.on_finish.finish(TokenUsage {
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                finish: None,
+            });
+        }
+        for s in &mut self.running {
+            s.flush();
+        }
+        // Finished or abandoned sequences free their blocks here, at once.
+        self.running.retain(|s| !s.retired());
+        self.admit();
+
+        let shape = self.model.kv_shape();
+        for s in self.running.iter_mut().filter(|s| s.ready()) {
+            let need = s.cache.len() + s.input.len().min(PREFILL_CHUNK);
+            if let Err(e) = s.cache.reserve(shape, need) {
+                tracing::info!(tenant = %s.tenant, error = %e, "KV pool exhausted");
+                s.fail(EngineError::KvPoolExhausted);
+            }
+        }
+        let mut batch: Vec<&mut Seq> = self.running.iter_mut().filter(|s| s.ready()).collect();
+        if batch.is_empty() {
+            self.update_block_gauges();
+            return false;
+        }
+        let result = {
+            let mut items: Vec<(&[u32], &mut SeqCache)> = batch
+                .iter_mut()
+                .map(|s| {
+                    let Seq { input, cache, .. } = &mut **s;
+                    let n = input.len().min(PREFILL_CHUNK);
+                    (&input[..n], cache)
+                })
+                .collect();
+            self.model.forward_batch(&mut items)
+        };
+        let ctx = self.model.config().context_length;
+        let eos = self.tok.eos_id();
+        match result {
+            Ok(logits) => {
+                for (s, l) in batch.iter_mut().zip(&logits) {
+                    let n = s.input.len().min(PREFILL_CHUNK);
+                    s.kv_gauge.inc_by(n as i64);
+                    s.kv_counted += n;
+                    s.prefilled = true;
+                    s.input.drain(..n);
+                    if s.input.is_empty() {
+                        s.on_logits(l, ctx, eos);
+                        s.flush();
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "generation failed");
+                for s in batch {
+                    s.fail(EngineError::Failed);
+                    s.flush();
+                }
+            }
+        }
+        self.update_block_gauges();
+        true
+    }
+
+    /// Starts at most one queued request, chosen fairly.
+    fn admit(&mut self) {
+        let mut counts: HashMap<Arc<str>, usize> = HashMap::new();
+        for s in &self.running {
+            *counts.entry(s.tenant.clone()).or_default() += 1;
+        }
+        let Some((tenant, mut req)) =
+            sched::next_admission(&mut self.queue, &counts, self.cfg.max_running)
+        else {
+            return;
+        };
+        let budget = req.kv_pool_bytes.unwrap_or(self.cfg.default_kv_pool_bytes);
+        let shape = self.model.kv_shape();
+        let pool = self
+            .pools
+            .entry(tenant.clone())
+            .or_insert_with(|| TenantPool::new(shape, budget));
+        pool.set_budget(budget);
+        let on_finish = std::mem::replace(&mut req.on_finish, Box::new(NoHook));
+        let mut seq = Seq {
+            kv_gauge: self
+                .metrics
+                .kv_tokens
+                .get_or_create(&Metrics::tenant(&tenant))
+                .clone(),
+            tenant,
+            events: req.events,
+            on_finish: Some(on_finish),
+            cache: SeqCache::new(pool.clone()),
+            sampler: Sampler::new(req.sampling),
+            stop: StopMatcher::new(req.stop),
+            decoder: self.tok.stream_decoder(),
+            prompt_tokens: req.prompt.len(),
+            input: req.prompt,
+            max_tokens: req.max_tokens,
+            completion_tokens: 0,
+            pending: VecDeque::new(),
+            done: false,
+            gone: false,
+            prefilled: false,
+            kv_counted: 0,
+            finished: None,
+        };
+        let ctx = self.model.config().context_length;
+        if seq.input.is_empty() || seq.input.len() > ctx {
+            seq.fail(EngineError::Failed);
+        }
+        seq.flush();
+        self.running.push(seq);
+    }
+
+    fn update_block_gauges(&self) {
+        for (tenant, pool) in &self.pools {
+            self.metrics
+                .kv_blocks
+                .get_or_create(&Metrics::tenant(tenant))
+                .set(pool.blocks_in_use() as i64);
+        }
+    }
 }

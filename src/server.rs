@@ -124,6 +124,7 @@ pub async fn start(
             &cfg.tenants,
         ))),
         limits: cfg.limits.clone(),
+        logprob_budget: Arc::default(),
         gate: Gate {
             rates,
             ledger,

@@ -19,12 +19,14 @@ use tokio::sync::mpsc;
 use crate::api::dto::{ChatRequest, CompletionRequest};
 use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
-use crate::api::validate::{self, Endpoint, RequestLimits, ValidGeneration};
+use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGeneration};
 use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
 use crate::metrics::{Metrics, RequestLabels};
+use crate::sampling::TokenLogprob;
 use crate::tenant::Tenant;
+use crate::tokenizer::ModelTokenizer;
 
 /// Events buffered between the engine and a slow client before the engine waits.
 const EVENT_BUFFER: usize = 64;
@@ -46,9 +48,13 @@ pub async fn completions(
         let valid = validate::generation(
             req.params,
             ids,
-            ctx,
+            ModelBounds {
+                context_length: ctx,
+                vocab_size: app.model.tokenizer.vocab_size(),
+            },
             &limits,
             Endpoint::Completions,
+            &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
         respond(&app, &caller.tenant, valid, Kind::Completion).await
@@ -78,9 +84,13 @@ pub async fn chat_completions(
         let valid = validate::generation(
             req.params,
             ids,
-            ctx,
+            ModelBounds {
+                context_length: ctx,
+                vocab_size: app.model.tokenizer.vocab_size(),
+            },
             &limits,
             Endpoint::Chat,
+            &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
         respond(&app, &caller.tenant, valid, Kind::Chat).await
@@ -149,6 +159,9 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// Whether the client asked for logprobs (otherwise `"logprobs": null`).
+    logprobs: bool,
+    tokenizer: Arc<ModelTokenizer>,
 }
 
 impl Meta {
@@ -173,18 +186,84 @@ impl Meta {
         v
     }
 
-    /// A stream chunk carrying `text` (and a finish reason on the last one).
-    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    /// A stream chunk carrying `text` (and a finish reason on the last one) and the logprobs
+    /// of the tokens that arrived since the previous chunk.
+    fn delta(
+        &self,
+        text: Option<&str>,
+        finish: Option<&str>,
+        lps: &mut Vec<TokenLogprob>,
+        offset: &mut usize,
+    ) -> Value {
+        let logprobs = self.logprobs_json(lps, offset);
+        lps.clear();
         let choice = match self.kind {
             Kind::Completion => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs,
+                "finish_reason": finish,
             }),
             Kind::Chat => {
                 let delta = text.map_or(json!({}), |t| json!({ "content": t }));
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
             }
         };
         self.object(choice, None, true)
+    }
+
+    /// OpenAI's logprobs object for `lps` (`null` when not requested). `offset` is the text
+    /// offset of the first token (completions' `text_offset`), advanced past them.
+    fn logprobs_json(&self, lps: &[TokenLogprob], offset: &mut usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let tok = &self.tokenizer;
+        let text = |id: u32| tok.token_text(id).unwrap_or_default();
+        let bytes = |id: u32| tok.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default();
+        match self.kind {
+            Kind::Chat => {
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|lp| {
+                        let top: Vec<Value> = lp
+                            .top
+                            .iter()
+                            .map(|&(id, l)| {
+                                json!({"token": text(id), "logprob": l, "bytes": bytes(id)})
+                            })
+                            .collect();
+                        json!({
+                            "token": text(lp.token),
+                            "logprob": lp.logprob,
+                            "bytes": bytes(lp.token),
+                            "top_logprobs": top,
+                        })
+                    })
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Kind::Completion => {
+                let mut tokens = Vec::new();
+                let mut token_logprobs = Vec::new();
+                let mut top = Vec::new();
+                let mut offsets = Vec::new();
+                for lp in lps {
+                    let t = text(lp.token);
+                    offsets.push(*offset);
+                    *offset += t.len();
+                    tokens.push(t);
+                    token_logprobs.push(lp.logprob);
+                    let alts: serde_json::Map<String, Value> =
+                        lp.top.iter().map(|&(id, l)| (text(id), json!(l))).collect();
+                    top.push(Value::Object(alts));
+                }
+                json!({
+                    "tokens": tokens,
+                    "token_logprobs": token_logprobs,
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 }
 
@@ -202,6 +281,9 @@ async fn respond(
     valid: ValidGeneration,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    if valid.pipeline.logprobs.is_some() {
+        take_logprob_budget(app, tenant)?;
+    }
     let admitted = app
         .gate
         .admit(tenant, valid.prompt_ids.len() + valid.max_tokens)
@@ -219,6 +301,8 @@ async fn respond(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         model: app.model.id.clone(),
+        logprobs: valid.pipeline.logprobs.is_some(),
+        tokenizer: app.model.tokenizer.clone(),
     };
     let (stream, include_usage) = (valid.stream, valid.include_usage);
     let timing = Timing::new(app, &tenant.id);
@@ -227,6 +311,7 @@ async fn respond(
         prompt: valid.prompt_ids,
         max_tokens: valid.max_tokens,
         sampling: valid.sampling,
+        pipeline: valid.pipeline,
         stop: valid.stop,
         events: tx,
         on_finish: admitted.into_finish_hook(),
@@ -238,6 +323,29 @@ async fn respond(
     };
     rate_headers(resp.headers_mut(), &[rate.requests, rate.tokens]);
     Ok(resp)
+}
+
+/// Counts one logprob-bearing request against the tenant's daily budget, or refuses it.
+fn take_logprob_budget(app: &AppState, tenant: &Tenant) -> Result<(), ApiError> {
+    let day = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let limit = tenant.plan.confidence.logprob_requests_per_day;
+    let ok = app
+        .logprob_budget
+        .lock()
+        .is_ok_and(|mut b| b.try_take(&tenant.id, day, limit));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest {
+            message: "the daily budget of logprob requests of this plan's confidence policy is \
+                      spent; retry without `logprobs` or tomorrow (UTC)"
+                .into(),
+            param: Some("logprobs"),
+            code: Some("logprob_budget_exhausted"),
+        })
+    }
 }
 
 /// Time to first token and between pieces of text, per tenant.
@@ -275,25 +383,29 @@ async fn collect(
     mut timing: Timing,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             GenEvent::Text(t) => {
                 timing.text();
                 text.push_str(&t);
             }
+            GenEvent::Logprob(lp) => lps.push(lp),
             GenEvent::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             } => {
+                let logprobs = meta.logprobs_json(&lps, &mut 0);
                 let choice = match meta.kind {
                     Kind::Completion => json!({
-                        "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
+                        "index": 0, "text": text, "logprobs": logprobs,
+                        "finish_reason": reason.as_str(),
                     }),
                     Kind::Chat => json!({
                         "index": 0,
                         "message": { "role": "assistant", "content": text, "refusal": null },
-                        "logprobs": null,
+                        "logprobs": logprobs,
                         "finish_reason": reason.as_str(),
                     }),
                 };
@@ -309,6 +421,16 @@ async fn collect(
     Err(ApiError::Internal)
 }
 
+struct StreamState {
+    meta: Meta,
+    rx: mpsc::Receiver<GenEvent>,
+    timing: Timing,
+    /// Logprobs of tokens whose text has not been sent yet.
+    lps: Vec<TokenLogprob>,
+    /// Completions' `text_offset` of the next token.
+    offset: usize,
+}
+
 /// Turns engine events into SSE events. Dropping the response (client gone) drops `rx`, which
 /// the engine notices at its next token.
 fn sse(
@@ -318,24 +440,46 @@ fn sse(
     timing: Timing,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let first = (meta.kind == Kind::Chat).then(|| {
-        let mut v = meta.delta(None, None);
+        let mut v = meta.delta(None, None, &mut Vec::new(), &mut 0);
+        v["choices"][0]["logprobs"] = Value::Null;
         v["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
         v
     });
-    let body = stream::unfold(Some((meta, rx, timing)), move |state| async move {
-        let (meta, mut rx, mut timing) = state?;
+    let state = StreamState {
+        meta,
+        rx,
+        timing,
+        lps: Vec::new(),
+        offset: 0,
+    };
+    let body = stream::unfold(Some(state), move |state| async move {
+        let StreamState {
+            meta,
+            mut rx,
+            mut timing,
+            mut lps,
+            mut offset,
+        } = state?;
         let ev = rx.recv().await;
         let (events, next) = match ev {
             Some(GenEvent::Text(t)) => {
                 timing.text();
-                (vec![meta.delta(Some(&t), None)], true)
+                (
+                    vec![meta.delta(Some(&t), None, &mut lps, &mut offset)],
+                    true,
+                )
+            }
+            Some(GenEvent::Logprob(lp)) => {
+                // Sent with the text it belongs to (or with the final chunk).
+                lps.push(lp);
+                (Vec::new(), true)
             }
             Some(GenEvent::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             }) => {
-                let mut out = vec![meta.delta(None, Some(reason.as_str()))];
+                let mut out = vec![meta.delta(None, Some(reason.as_str()), &mut lps, &mut offset)];
                 if include_usage {
                     let mut u = meta.object(
                         json!(null),
@@ -356,7 +500,14 @@ fn sse(
         if !next {
             items.push(Event::default().data("[DONE]"));
         }
-        Some((stream::iter(items), next.then_some((meta, rx, timing))))
+        let state = StreamState {
+            meta,
+            rx,
+            timing,
+            lps,
+            offset,
+        };
+        Some((stream::iter(items), next.then_some(state)))
     })
     .flatten();
     let head = stream::iter(first.map(|v| Event::default().data(v.to_string())));

@@ -51,6 +51,8 @@ pub struct AppState {
     pub verifier: Arc<ArcSwap<JwtVerifier>>,
     pub tenants: Arc<ArcSwap<TenantRegistry>>,
     pub limits: RequestLimits,
+    /// Logprob-bearing requests per tenant and UTC day (in memory; a restart resets it).
+    pub logprob_budget: Arc<std::sync::Mutex<crate::limits::LogprobBudget>>,
     pub gate: Gate,
 }
 

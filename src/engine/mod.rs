@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 pub use llama::{LlamaConfig, LlamaModel, ModelError, SeqCache};
 
 use crate::metrics::Metrics;
-use crate::sampling::{Sampler, SamplingParams, StopMatcher};
+use crate::sampling::{LogitsPipeline, PipelineParams, SamplingParams, StopMatcher, TokenLogprob};
 use crate::tokenizer::ModelTokenizer;
 
 /// Tokens a finished (or cancelled) sequence consumed.
@@ -39,6 +39,8 @@ pub struct GenRequest {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// `logit_bias`, penalties, watermark and logprobs (see [`crate::sampling::LogitsPipeline`]).
+    pub pipeline: PipelineParams,
     pub stop: Vec<String>,
     pub events: mpsc::Sender<GenEvent>,
     pub on_finish: Box<dyn FinishHook>,
@@ -72,10 +74,13 @@ impl FinishReason {
     }
 }
 
-/// What the engine reports for one request, in order: zero or more `Text`, then `Done` or `Failed`.
+/// What the engine reports for one request, in order: zero or more `Text` (and, when logprobs
+/// were requested, one `Logprob` per generated token, sent before that token's text), then
+/// `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     Text(String),
+    Logprob(TokenLogprob),
     Done {
         reason: FinishReason,
         prompt_tokens: usize,
@@ -173,7 +178,7 @@ fn generate(
     usage: &mut TokenUsage,
     kv: &prometheus_client::metrics::gauge::Gauge,
 ) -> Result<(), ModelError> {
-    let mut sampler = Sampler::new(req.sampling);
+    let mut pipeline = LogitsPipeline::new(req.sampling, req.pipeline.clone(), &req.prompt);
     let mut stop = StopMatcher::new(req.stop);
     let mut decoder = tok.stream_decoder();
     let ctx = model.config().context_length;
@@ -192,9 +197,15 @@ fn generate(
         if completion_tokens >= req.max_tokens || cache.len() >= ctx {
             break FinishReason::Length;
         }
-        let next = sampler.sample(&logits);
+        let sampled = pipeline.step(&mut logits);
+        let next = sampled.token;
         if Some(next) == eos {
             break FinishReason::Stop;
+        }
+        if let Some(lp) = sampled.logprob {
+            if !send(GenEvent::Logprob(lp)) {
+                return Ok(());
+            }
         }
         completion_tokens += 1;
         usage.completion_tokens = completion_tokens;

@@ -8,9 +8,11 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use super::confidence::ConfidencePolicy;
+
 /// Limits for one tenant. Rates are enforced by [`RateLimits`](crate::limits::RateLimits),
 /// quotas by the [`Ledger`](crate::store::Ledger), sizes at request validation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Sustained requests per second.
@@ -42,6 +44,9 @@ pub struct Plan {
     /// Model ids this tenant may use; empty means every served model.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// What the tenant may learn of the model's probabilities (logprobs, `logit_bias`).
+    #[serde(default)]
+    pub confidence: ConfidencePolicy,
 }
 
 impl Plan {
@@ -99,6 +104,9 @@ impl Plan {
         if self.kv_pool_bytes == Some(0) {
             problems.push(PlanProblem::Zero("kv_pool_bytes"));
         }
+        for (field, reason) in self.confidence.problems() {
+            problems.push(PlanProblem::Confidence { field, reason });
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -141,6 +149,14 @@ pub enum PlanProblem {
         /// Monthly quota.
         month: u64,
     },
+    /// A confidence-policy field is out of range.
+    #[error("{field} {reason}")]
+    Confidence {
+        /// The field, e.g. `confidence.max_top_logprobs`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Every problem found in a plan (never empty).
@@ -178,6 +194,7 @@ mod tests {
             max_queued: 8,
             kv_pool_bytes: None,
             allowed_models: Vec::new(),
+            confidence: ConfidencePolicy::default(),
         }
     }
 

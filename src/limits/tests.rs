@@ -26,6 +26,7 @@ fn plan() -> Plan {
         max_queued: 4,
         kv_pool_bytes: None,
         allowed_models: Vec::new(),
+        confidence: Default::default(),
     }
 }
 

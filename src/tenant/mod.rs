@@ -109,6 +109,7 @@ mod tests {
             max_queued,
             kv_pool_bytes: None,
             allowed_models: vec![],
+            confidence: Default::default(),
         }
     }
 

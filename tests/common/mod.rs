@@ -145,9 +145,46 @@ max_context_tokens = 8192
 max_tokens = 2048
 max_queued = 4
 allowed_models = ["some-other-model"]
+[plans.trusted]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.trusted.confidence]
+logprobs = true
+trusted = true
+max_top_logprobs = 20
+rounding = 0.0
+[plans.peek]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.peek.confidence]
+logprobs = true
+[plans.budget]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.budget.confidence]
+logprobs = true
+logprob_requests_per_day = 2
 [[tenants]]
 id = "demo"
 plan = "roomy"
+[[tenants]]
+id = "insight"
+plan = "trusted"
+[[tenants]]
+id = "peek"
+plan = "peek"
+[[tenants]]
+id = "budget"
+plan = "budget"
 [[tenants]]
 id = "acme"
 plan = "roomy"

@@ -1,0 +1,216 @@
+//! Output protections end to end (issue 5): logprobs per the tenant's confidence policy, the
+//! pipeline order (returned logprobs come from the raw logits, untouched by `logit_bias`), and
+//! policy refusals.
+
+mod common;
+
+use cloister::auth::Scope;
+use common::{client, fixture, server, MODEL_ID};
+use serde_json::{json, Value};
+
+async fn post(tenant: &str, path: &str, body: Value) -> (u16, Value) {
+    let token = fixture().token(tenant, &[Scope::Inference]);
+    let resp = client()
+        .post(format!("{}{path}", server().url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+fn chat(extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL_ID,
+        "messages": [{"role": "user", "content": "Name a colour."}],
+        "max_tokens": 6,
+        "temperature": 0,
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn default_policy_refuses_logprobs_naming_the_policy() {
+    let (status, v) = post(
+        "demo",
+        "/v1/chat/completions",
+        chat(json!({"logprobs": true})),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(code(&v), "logprobs_not_allowed");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("confidence policy")));
+    let (status, v) = post(
+        "demo",
+        "/v1/completions",
+        json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2, "logprobs": 1}),
+    )
+    .await;
+    assert_eq!((status, code(&v)), (400, "logprobs_not_allowed"), "{v}");
+    // Without logprobs the same tenant may use logit_bias and penalties.
+    let (status, v) = post(
+        "demo",
+        "/v1/chat/completions",
+        chat(json!({"logit_bias": {"42": -100}, "frequency_penalty": 0.5})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
+async fn policy_caps_top_logprobs_and_refuses_logit_bias_with_logprobs() {
+    let (status, v) = post(
+        "peek",
+        "/v1/chat/completions",
+        chat(json!({"logprobs": true, "top_logprobs": 6})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&v)),
+        (400, "top_logprobs_above_policy"),
+        "{v}"
+    );
+    let (status, v) = post(
+        "peek",
+        "/v1/chat/completions",
+        chat(json!({"logprobs": true, "top_logprobs": 2, "logit_bias": {"42": 5}})),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&v)),
+        (400, "logit_bias_with_logprobs_not_allowed"),
+        "{v}"
+    );
+    // Allowed: rounded to 0.1 nat.
+    let (status, v) = post(
+        "peek",
+        "/v1/chat/completions",
+        chat(json!({"logprobs": true, "top_logprobs": 5})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().expect("usage")
+    );
+    for entry in content {
+        let lp = entry["logprob"].as_f64().expect("logprob");
+        assert!(((lp * 10.0) - (lp * 10.0).round()).abs() < 1e-3, "{lp}");
+        assert_eq!(entry["top_logprobs"].as_array().map(Vec::len), Some(5));
+    }
+}
+
+#[tokio::test]
+async fn daily_logprob_budget_is_enforced() {
+    let req = chat(json!({"logprobs": true, "max_tokens": 1}));
+    for _ in 0..2 {
+        let (status, v) = post("budget", "/v1/chat/completions", req.clone()).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = post("budget", "/v1/chat/completions", req).await;
+    assert_eq!((status, code(&v)), (400, "logprob_budget_exhausted"), "{v}");
+    // Requests without logprobs are not counted against it.
+    let (status, _) = post("budget", "/v1/chat/completions", chat(json!({}))).await;
+    assert_eq!(status, 200);
+}
+
+/// Pipeline order, end to end: forcing the runner-up token with `logit_bias` changes the
+/// output but neither its logprob nor the alternatives, which come from the raw logits.
+#[tokio::test]
+async fn returned_logprobs_are_unchanged_by_logit_bias() {
+    let req = chat(json!({"logprobs": true, "top_logprobs": 5, "max_tokens": 1}));
+    let (status, plain) = post("insight", "/v1/chat/completions", req.clone()).await;
+    assert_eq!(status, 200, "{plain}");
+    let first = &plain["choices"][0]["logprobs"]["content"][0];
+    let top = first["top_logprobs"].as_array().expect("top").clone();
+    assert_eq!(top.len(), 5);
+    // Greedy: the chosen token is the most likely one.
+    assert_eq!(first["token"], top[0]["token"]);
+    assert_eq!(first["logprob"], top[0]["logprob"]);
+    let sum: f64 = top
+        .iter()
+        .map(|t| t["logprob"].as_f64().expect("lp").exp())
+        .sum();
+    assert!(sum <= 1.0 + 1e-4, "{sum}");
+    // Find the runner-up's id by tokenizing its text.
+    let runner_up = top[1]["token"].as_str().expect("token");
+    let mut f = std::fs::File::open(&fixture().gguf).expect("gguf");
+    let ct = candle_core::quantized::gguf_file::Content::read(&mut f).expect("gguf header");
+    let spec = cloister::model::tokenizer_spec(&ct).expect("spec");
+    let tok = cloister::tokenizer::ModelTokenizer::from_spec(&spec).expect("tokenizer");
+    let ids = tok.encode_text(runner_up).expect("ids");
+    assert_eq!(ids.len(), 1, "{runner_up:?}");
+    let mut biased_req = req;
+    biased_req["logit_bias"] = json!({ ids[0].to_string(): 100 });
+    let (status, biased) = post("insight", "/v1/chat/completions", biased_req).await;
+    assert_eq!(status, 200, "{biased}");
+    let b = &biased["choices"][0]["logprobs"]["content"][0];
+    assert_eq!(
+        b["token"], top[1]["token"],
+        "logit_bias forced the runner-up"
+    );
+    assert_eq!(
+        b["logprob"], top[1]["logprob"],
+        "its logprob is the raw one"
+    );
+    assert_eq!(b["top_logprobs"], first["top_logprobs"]);
+}
+
+#[tokio::test]
+async fn completions_logprobs_have_openai_shape_and_stream_too() {
+    let body = json!({"model": MODEL_ID, "prompt": "The capital of France is",
+                      "max_tokens": 5, "temperature": 0, "logprobs": 2});
+    let (status, v) = post("insight", "/v1/completions", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(lp["token_logprobs"].as_array().map(Vec::len), Some(5));
+    assert_eq!(lp["text_offset"][0], 0);
+    assert!(lp["top_logprobs"][0]
+        .as_object()
+        .is_some_and(|m| m.len() <= 2 && !m.is_empty()));
+    let joined: String = tokens.iter().filter_map(Value::as_str).collect();
+    assert_eq!(joined, v["choices"][0]["text"].as_str().expect("text"));
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let token = fixture().token("insight", &[Scope::Inference]);
+    let sse = client()
+        .post(format!("{}/v1/completions", server().url))
+        .bearer_auth(token)
+        .json(&streamed)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("body");
+    let mut streamed_tokens = Vec::new();
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let chunk: Value = serde_json::from_str(line).expect("chunk");
+        if let Some(t) = chunk["choices"][0]["logprobs"]["tokens"].as_array() {
+            streamed_tokens.extend(t.iter().cloned());
+        }
+    }
+    assert_eq!(&streamed_tokens, tokens);
+}

@@ -40,9 +40,18 @@ struct RawConfig {
     limits: RawLimits,
     ledger: RawLedger,
     #[serde(default)]
+    watermark: Option<RawWatermark>,
+    #[serde(default)]
     plans: BTreeMap<String, Plan>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatermark {
+    /// Watermark keyring file (0600; created by `cloister init`).
+    keys: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +158,8 @@ pub struct Config {
     pub dev_issuer_key: Option<PathBuf>,
     pub limits: RequestLimits,
     pub ledger: PathBuf,
+    /// Watermark keyring; `None` = completions are not watermarked (logged at start-up).
+    pub watermark_keys: Option<PathBuf>,
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -279,6 +290,7 @@ impl Config {
             dev_issuer_key: raw.auth.dev_issuer_key.as_deref().map(abs),
             limits,
             ledger: abs(&raw.ledger.path),
+            watermark_keys: raw.watermark.as_ref().map(|w| abs(&w.keys)),
             tenants,
         })
     }
@@ -292,6 +304,9 @@ impl Config {
             ("keys.keyring", &self.keyring),
             ("auth.jwks", &self.jwks),
         ];
+        if let Some(p) = &self.watermark_keys {
+            files.push(("watermark.keys", p));
+        }
         for (_, p) in &self.trusted_publishers {
             files.push(("keys.trusted_publishers", p));
         }

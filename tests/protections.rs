@@ -214,3 +214,123 @@ async fn completions_logprobs_have_openai_shape_and_stream_too() {
     }
     assert_eq!(&streamed_tokens, tokens);
 }
+
+async fn detect(tenant: &str, text: &str) -> (u16, Value) {
+    let token = fixture().token(tenant, &[Scope::WatermarkDetect]);
+    let resp = client()
+        .post(format!("{}/v1/watermark/detect", server().url))
+        .bearer_auth(token)
+        .json(&json!({ "text": text }))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json"))
+}
+
+/// Returns (watermark header, completion text).
+async fn complete(tenant: &str, temperature: f32, seed: i64) -> (Option<String>, String) {
+    let token = fixture().token(tenant, &[Scope::Inference]);
+    let resp = client()
+        .post(format!("{}/v1/completions", server().url))
+        .bearer_auth(token)
+        .json(
+            &json!({"model": MODEL_ID, "prompt": "Once upon a time, in a small village by the sea,",
+                      "max_tokens": 200, "temperature": temperature, "seed": seed}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+    let header = resp
+        .headers()
+        .get("x-cloister-watermark")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let v: Value = resp.json().await.expect("json");
+    (
+        header,
+        v["choices"][0]["text"].as_str().expect("text").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn sampled_completion_is_watermarked_and_detected() {
+    let (header, text) = complete("demo", 1.0, 7).await;
+    assert_eq!(
+        header.as_deref(),
+        Some(cloister::devstate::DEV_WATERMARK_ID)
+    );
+    let (status, d) = detect("demo", &text).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["detected"], true, "{d}");
+    assert!(d["p_value"].as_f64().expect("p") <= 1e-5, "{d}");
+    assert_eq!(d["key_id"], cloister::devstate::DEV_WATERMARK_ID);
+    assert!(d.get("secret").is_none());
+}
+
+#[tokio::test]
+async fn greedy_unmarked_and_human_text_are_not_detected() {
+    let (header, greedy) = complete("demo", 0.0, 7).await;
+    assert_eq!(header, None, "greedy output carries no watermark");
+    let (_, d) = detect("demo", &greedy).await;
+    assert_eq!(d["detected"], false, "{d}");
+    let (header, unmarked) = complete("insight-unmarked", 1.0, 7).await;
+    assert_eq!(header, None, "the plan turned the watermark off");
+    let (_, d) = detect("demo", &unmarked).await;
+    assert_eq!(d["detected"], false, "{d}");
+    let corpus = include_str!("data/human_corpus.txt");
+    for para in corpus.split("\n\n") {
+        let (status, d) = detect("demo", para).await;
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(d["detected"], false, "{d}");
+        assert!(d["scored"].as_u64().expect("scored") > 40, "{d}");
+    }
+}
+
+#[tokio::test]
+async fn detection_needs_its_own_scope() {
+    let token = fixture().token("demo", &[Scope::Inference]);
+    let resp = client()
+        .post(format!("{}/v1/watermark/detect", server().url))
+        .bearer_auth(token)
+        .json(&json!({ "text": "hello there" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 403);
+    let (status, v) = post_detect_unknown_key().await;
+    assert_eq!(status, 400, "{v}");
+}
+
+async fn post_detect_unknown_key() -> (u16, Value) {
+    let token = fixture().token("demo", &[Scope::WatermarkDetect]);
+    let resp = client()
+        .post(format!("{}/v1/watermark/detect", server().url))
+        .bearer_auth(token)
+        .json(&json!({ "text": "hello there", "key_ids": ["nope"] }))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("json"))
+}
+
+/// Pipeline order with the watermark: the same prompt and seed with and without the watermark
+/// give identical logprobs for the first position (raw snapshot), whatever was sampled.
+#[tokio::test]
+async fn returned_logprobs_are_unchanged_by_the_watermark() {
+    let req = chat(
+        json!({"logprobs": true, "top_logprobs": 10, "max_tokens": 1,
+                          "temperature": 1.0, "seed": 3}),
+    );
+    let (s1, marked) = post("insight", "/v1/chat/completions", req.clone()).await;
+    let (s2, plain) = post("insight-unmarked", "/v1/chat/completions", req).await;
+    assert_eq!((s1, s2), (200, 200));
+    let a = &marked["choices"][0]["logprobs"]["content"][0];
+    let b = &plain["choices"][0]["logprobs"]["content"][0];
+    assert_eq!(a["top_logprobs"], b["top_logprobs"]);
+    if a["token"] == b["token"] {
+        assert_eq!(a["logprob"], b["logprob"]);
+    }
+}

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::histogram::Histogram;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -24,9 +25,10 @@ use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::sampling::TokenLogprob;
+use crate::sampling::{TokenLogprob, WatermarkSpec};
 use crate::tenant::Tenant;
 use crate::tokenizer::ModelTokenizer;
+use crate::watermark::WatermarkParams;
 
 /// Events buffered between the engine and a slow client before the engine waits.
 const EVENT_BUFFER: usize = 64;
@@ -278,9 +280,22 @@ fn usage(prompt: usize, completion: usize) -> Value {
 async fn respond(
     app: &AppState,
     tenant: &Arc<Tenant>,
-    valid: ValidGeneration,
+    mut valid: ValidGeneration,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    // Every sampled completion is watermarked unless the plan opts out; greedy output cannot
+    // carry a soft watermark (README).
+    let watermark_id = match &app.watermark {
+        Some(ring) if tenant.plan.watermark && !valid.sampling.is_greedy() => {
+            let key = ring.active();
+            valid.pipeline.watermark = Some(WatermarkSpec {
+                key: Arc::new(key.clone()),
+                params: WatermarkParams::default(),
+            });
+            Some(key.id().to_owned())
+        }
+        _ => None,
+    };
     if valid.pipeline.logprobs.is_some() {
         take_logprob_budget(app, tenant)?;
     }
@@ -322,6 +337,9 @@ async fn respond(
         Json(collect(meta, rx, timing).await?).into_response()
     };
     rate_headers(resp.headers_mut(), &[rate.requests, rate.tokens]);
+    if let Some(id) = watermark_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert("x-cloister-watermark", id);
+    }
     Ok(resp)
 }
 

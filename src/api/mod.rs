@@ -10,6 +10,7 @@ mod extract;
 mod handlers;
 mod usage;
 pub mod validate;
+mod watermark;
 
 use std::sync::Arc;
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Logprob-bearing requests per tenant and UTC day (in memory; a restart resets it).
     pub logprob_budget: Arc<std::sync::Mutex<crate::limits::LogprobBudget>>,
+    /// Watermark keys (`None`: not configured, nothing is watermarked).
+    pub watermark: Option<Arc<crate::watermark::WatermarkKeyring>>,
     pub gate: Gate,
 }
 
@@ -75,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/watermark/detect", post(watermark::detect))
         .route("/v1/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))
         .route("/healthz", get(|| async { "ok" }))

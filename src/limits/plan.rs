@@ -47,6 +47,13 @@ pub struct Plan {
     /// What the tenant may learn of the model's probabilities (logprobs, `logit_bias`).
     #[serde(default)]
     pub confidence: ConfidencePolicy,
+    /// Watermark sampled completions (temperature > 0) with the server's active key.
+    #[serde(default = "yes")]
+    pub watermark: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Plan {
@@ -195,6 +202,7 @@ mod tests {
             kv_pool_bytes: None,
             allowed_models: Vec::new(),
             confidence: ConfidencePolicy::default(),
+            watermark: true,
         }
     }
 

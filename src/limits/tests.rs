@@ -27,6 +27,7 @@ fn plan() -> Plan {
         kv_pool_bytes: None,
         allowed_models: Vec::new(),
         confidence: Default::default(),
+        watermark: true,
     }
 }
 

@@ -110,6 +110,7 @@ mod tests {
             kv_pool_bytes: None,
             allowed_models: vec![],
             confidence: Default::default(),
+            watermark: true,
         }
     }
 

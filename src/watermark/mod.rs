@@ -46,6 +46,7 @@ pub mod binomial;
 pub mod detect;
 mod error;
 pub mod key;
+pub mod keyring;
 pub mod prf;
 
 pub use bias::{apply_bias, SELFHASH_CANDIDATES};
@@ -53,6 +54,7 @@ pub use binomial::{binomial_ln_tail, binomial_tail};
 pub use detect::{detect, detect_any, AnyDetection, Detection, DEFAULT_THRESHOLD};
 pub use error::WatermarkError;
 pub use key::{WatermarkKey, WatermarkParams, MIN_SECRET_LEN, SECRET_LEN};
+pub use keyring::{KeyringError, WatermarkKeyring};
 pub use prf::{is_green, null_green_probability};
 
 #[cfg(test)]

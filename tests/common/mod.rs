@@ -104,6 +104,8 @@ audience = "{AUDIENCE}"
 dev_issuer_key = "{issuer_key}"
 [ledger]
 path = "{ledger}"
+[watermark]
+keys = "{wm_keys}"
 [plans.roomy]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -156,6 +158,18 @@ logprobs = true
 trusted = true
 max_top_logprobs = 20
 rounding = 0.0
+[plans.trusted-unmarked]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+watermark = false
+[plans.trusted-unmarked.confidence]
+logprobs = true
+trusted = true
+max_top_logprobs = 20
+rounding = 0.0
 [plans.peek]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -179,6 +193,9 @@ plan = "roomy"
 [[tenants]]
 id = "insight"
 plan = "trusted"
+[[tenants]]
+id = "insight-unmarked"
+plan = "trusted-unmarked"
 [[tenants]]
 id = "peek"
 plan = "peek"
@@ -205,6 +222,7 @@ id = "elsewhere"
 plan = "other-model"
 "#,
             ledger = dir.path().join("ledger.sqlite").display(),
+            wm_keys = state.watermark_keys().display(),
             cert = state.tls_cert().display(),
             key = state.tls_key().display(),
             sealed = sealed.display(),

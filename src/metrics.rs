@@ -23,6 +23,13 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtractionLabels {
+    pub tenant: String,
+    /// `logprob_volume` or `near_duplicates`.
+    pub signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
     pub tenant: String,
     /// The stable error code of the refusal (`rate_limit_exceeded`, `insufficient_quota`, ...).
@@ -47,6 +54,7 @@ pub struct Metrics {
     pub inter_token: HistogramFamily,
     pub in_flight: Family<TenantLabel, Gauge>,
     pub kv_tokens: Family<TenantLabel, Gauge>,
+    pub extraction_alarms: Family<ExtractionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -70,6 +78,12 @@ impl Metrics {
         let inter_token: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let in_flight = Family::<TenantLabel, Gauge>::default();
         let kv_tokens = Family::<TenantLabel, Gauge>::default();
+        let extraction_alarms = Family::<ExtractionLabels, Counter>::default();
+        registry.register(
+            "extraction_alarms",
+            "Model-extraction alarms by tenant and signal",
+            extraction_alarms.clone(),
+        );
         registry.register(
             "requests",
             "Completed API requests by tenant, endpoint and status",
@@ -114,6 +128,7 @@ impl Metrics {
             inter_token,
             in_flight,
             kv_tokens,
+            extraction_alarms,
         }
     }
 

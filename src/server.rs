@@ -153,6 +153,7 @@ pub async fn start(
         ))),
         limits: cfg.limits.clone(),
         logprob_budget: Arc::default(),
+        extraction: Arc::default(),
         watermark,
         gate: Gate {
             rates,

@@ -334,3 +334,45 @@ async fn returned_logprobs_are_unchanged_by_the_watermark() {
         assert_eq!(a["logprob"], b["logprob"]);
     }
 }
+
+/// Extraction detection: past the plan's logprob-volume threshold an alarm is counted in
+/// `cloister_extraction_alarms_total` and the tenant's logprob requests are paused.
+#[tokio::test]
+async fn extraction_alarm_throttles_logprob_requests() {
+    let req = |i: usize| {
+        chat(json!({"logprobs": true, "max_tokens": 1,
+                    "messages": [{"role": "user", "content": format!("Probe number {i}")}]}))
+    };
+    for i in 0..3 {
+        let (status, v) = post("extract", "/v1/chat/completions", req(i)).await;
+        assert_eq!(status, 200, "request {i}: {v}");
+    }
+    let (status, v) = post("extract", "/v1/chat/completions", req(3)).await;
+    assert_eq!((status, code(&v)), (429, "extraction_throttled"), "{v}");
+    // Requests without logprobs still run.
+    let (status, _) = post("extract", "/v1/chat/completions", chat(json!({}))).await;
+    assert_eq!(status, 200);
+    let token = fixture().token("extract", &[Scope::Admin]);
+    let metrics = client()
+        .get(format!("{}/metrics", server().url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("metrics");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("cloister_extraction_alarms_total")
+                && l.contains("tenant=\"extract\"")
+                && l.contains("signal=\"logprob_volume\"")
+        })
+        .unwrap_or_else(|| panic!("no alarm metric in:\n{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(
+        !metrics.contains("Probe number"),
+        "no prompt text in metrics"
+    );
+}

@@ -24,7 +24,7 @@ use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGene
 use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{ExtractionLabels, Metrics, RequestLabels};
 use crate::sampling::{TokenLogprob, WatermarkSpec};
 use crate::tenant::Tenant;
 use crate::tokenizer::ModelTokenizer;
@@ -42,6 +42,7 @@ pub async fn completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
+        let shingle_text = prompt.clone();
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
@@ -59,6 +60,7 @@ pub async fn completions(
             &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Completion).await
     }
     .await;
@@ -75,6 +77,7 @@ pub async fn chat_completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let messages = validate::chat_messages(req.messages, &app.limits)?;
+        let shingle_text: String = messages.iter().map(|m| m.content.as_str()).collect();
         let ids = app
             .model
             .chat
@@ -95,6 +98,7 @@ pub async fn chat_completions(
             &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Chat).await
     }
     .await;
@@ -341,6 +345,54 @@ async fn respond(
         resp.headers_mut().insert("x-cloister-watermark", id);
     }
     Ok(resp)
+}
+
+/// Feeds the tenant's extraction-detection window; an alarm is counted in
+/// `cloister_extraction_alarms_total` and logged (without the prompt), and starts a cool-down
+/// during which the tenant's logprob requests are refused.
+fn watch_extraction(
+    app: &AppState,
+    tenant: &Tenant,
+    prompt: &str,
+    valid: &ValidGeneration,
+) -> Result<(), ApiError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let logprobs = valid.pipeline.logprobs.is_some();
+    let policy = &tenant.plan.extraction;
+    let (throttled, alarms) = {
+        let Ok(mut monitor) = app.extraction.lock() else {
+            return Err(ApiError::Internal);
+        };
+        if logprobs && monitor.throttled(&tenant.id, now) {
+            (true, Vec::new())
+        } else {
+            let o = monitor.observe(&tenant.id, now, prompt, logprobs, policy);
+            (false, o.alarms)
+        }
+    };
+    for signal in alarms {
+        app.gate
+            .metrics
+            .extraction_alarms
+            .get_or_create(&ExtractionLabels {
+                tenant: tenant.id.clone(),
+                signal: signal.as_str(),
+            })
+            .inc();
+        tracing::warn!(
+            tenant = %tenant.id,
+            signal = signal.as_str(),
+            cooldown_secs = policy.cooldown_secs,
+            "extraction alarm: logprob requests paused"
+        );
+    }
+    if throttled {
+        app.gate.metrics.reject(&tenant.id, "extraction_throttled");
+        return Err(ApiError::ExtractionThrottled);
+    }
+    Ok(())
 }
 
 /// Counts one logprob-bearing request against the tenant's daily budget, or refuses it.

@@ -54,6 +54,8 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Logprob-bearing requests per tenant and UTC day (in memory; a restart resets it).
     pub logprob_budget: Arc<std::sync::Mutex<crate::limits::LogprobBudget>>,
+    /// Per-tenant extraction-detection windows (in memory).
+    pub extraction: Arc<std::sync::Mutex<crate::limits::ExtractionMonitor>>,
     /// Watermark keys (`None`: not configured, nothing is watermarked).
     pub watermark: Option<Arc<crate::watermark::WatermarkKeyring>>,
     pub gate: Gate,

@@ -15,6 +15,7 @@
 //! tests drive it with [`governor::clock::FakeRelativeClock`].
 
 mod confidence;
+mod extraction;
 mod plan;
 mod rate;
 #[cfg(test)]
@@ -24,5 +25,6 @@ pub use confidence::{
     ConfidencePolicy, LogprobBudget, LOGIT_BIAS_HARD_MAX_ABS, LOGIT_BIAS_HARD_MAX_ENTRIES,
     TOP_LOGPROBS_HARD_MAX,
 };
+pub use extraction::{ExtractionMonitor, ExtractionPolicy, Observation, Signal, Signature};
 pub use plan::{Plan, PlanErrors, PlanProblem};
 pub use rate::{LimitKind, RateDenied, RateError, RateInfo, RateLimits};

@@ -9,6 +9,7 @@ use std::num::NonZeroU32;
 use serde::Deserialize;
 
 use super::confidence::ConfidencePolicy;
+use super::extraction::ExtractionPolicy;
 
 /// Limits for one tenant. Rates are enforced by [`RateLimits`](crate::limits::RateLimits),
 /// quotas by the [`Ledger`](crate::store::Ledger), sizes at request validation.
@@ -50,6 +51,9 @@ pub struct Plan {
     /// Watermark sampled completions (temperature > 0) with the server's active key.
     #[serde(default = "yes")]
     pub watermark: bool,
+    /// Extraction-detection thresholds and the cool-down after an alarm.
+    #[serde(default)]
+    pub extraction: ExtractionPolicy,
 }
 
 fn yes() -> bool {
@@ -111,7 +115,8 @@ impl Plan {
         if self.kv_pool_bytes == Some(0) {
             problems.push(PlanProblem::Zero("kv_pool_bytes"));
         }
-        for (field, reason) in self.confidence.problems() {
+        let extraction = self.extraction.problems();
+        for (field, reason) in self.confidence.problems().into_iter().chain(extraction) {
             problems.push(PlanProblem::Confidence { field, reason });
         }
         if problems.is_empty() {
@@ -203,6 +208,7 @@ mod tests {
             allowed_models: Vec::new(),
             confidence: ConfidencePolicy::default(),
             watermark: true,
+            extraction: ExtractionPolicy::default(),
         }
     }
 

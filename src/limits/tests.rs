@@ -28,6 +28,7 @@ fn plan() -> Plan {
         allowed_models: Vec::new(),
         confidence: Default::default(),
         watermark: true,
+        extraction: Default::default(),
     }
 }
 

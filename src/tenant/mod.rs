@@ -111,6 +111,7 @@ mod tests {
             allowed_models: vec![],
             confidence: Default::default(),
             watermark: true,
+            extraction: Default::default(),
         }
     }
 

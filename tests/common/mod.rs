@@ -170,6 +170,17 @@ logprobs = true
 trusted = true
 max_top_logprobs = 20
 rounding = 0.0
+[plans.extract]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.extract.confidence]
+logprobs = true
+[plans.extract.extraction]
+max_logprob_requests = 2
+cooldown_secs = 600
 [plans.peek]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -196,6 +207,9 @@ plan = "trusted"
 [[tenants]]
 id = "insight-unmarked"
 plan = "trusted-unmarked"
+[[tenants]]
+id = "extract"
+plan = "extract"
 [[tenants]]
 id = "peek"
 plan = "peek"

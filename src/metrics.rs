@@ -30,6 +30,13 @@ pub struct ExtractionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub tenant: String,
+    /// `prompt_flagged`, `prompt_blocked`, `pii_flagged`, `pii_redacted`.
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
     pub tenant: String,
     /// The stable error code of the refusal (`rate_limit_exceeded`, `insufficient_quota`, ...).
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub in_flight: Family<TenantLabel, Gauge>,
     pub kv_tokens: Family<TenantLabel, Gauge>,
     pub extraction_alarms: Family<ExtractionLabels, Counter>,
+    pub guard_events: Family<GuardLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +87,12 @@ impl Metrics {
         let in_flight = Family::<TenantLabel, Gauge>::default();
         let kv_tokens = Family::<TenantLabel, Gauge>::default();
         let extraction_alarms = Family::<ExtractionLabels, Counter>::default();
+        let guard_events = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_events",
+            "Content-guard decisions by tenant and event",
+            guard_events.clone(),
+        );
         registry.register(
             "extraction_alarms",
             "Model-extraction alarms by tenant and signal",
@@ -129,6 +143,7 @@ impl Metrics {
             in_flight,
             kv_tokens,
             extraction_alarms,
+            guard_events,
         }
     }
 
@@ -136,6 +151,15 @@ impl Metrics {
         TenantLabel {
             tenant: tenant.to_string(),
         }
+    }
+
+    pub fn guard(&self, tenant: &str, event: &'static str) {
+        self.guard_events
+            .get_or_create(&GuardLabels {
+                tenant: tenant.to_string(),
+                event,
+            })
+            .inc();
     }
 
     pub fn reject(&self, tenant: &str, reason: &'static str) {

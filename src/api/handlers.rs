@@ -24,6 +24,10 @@ use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGene
 use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
+use crate::guard::injection::check_input;
+use crate::guard::pii::{check_output, PiiMatch};
+use crate::guard::policy::{GuardAction, OutputAction, POLICY_VERSION};
+use crate::guard::stream::StreamRedactor;
 use crate::metrics::{ExtractionLabels, Metrics, RequestLabels};
 use crate::sampling::{TokenLogprob, WatermarkSpec};
 use crate::tenant::Tenant;
@@ -43,6 +47,7 @@ pub async fn completions(
         app.check_model(&caller.tenant, &req.model)?;
         let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
         let shingle_text = prompt.clone();
+        input_guard(&app, &caller.tenant, &shingle_text)?;
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
@@ -77,7 +82,12 @@ pub async fn chat_completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let messages = validate::chat_messages(req.messages, &app.limits)?;
-        let shingle_text: String = messages.iter().map(|m| m.content.as_str()).collect();
+        let shingle_text = messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        input_guard(&app, &caller.tenant, &shingle_text)?;
         let ids = app
             .model
             .chat
@@ -168,6 +178,9 @@ struct Meta {
     /// Whether the client asked for logprobs (otherwise `"logprobs": null`).
     logprobs: bool,
     tokenizer: Arc<ModelTokenizer>,
+    tenant: String,
+    output: crate::guard::policy::OutputPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Meta {
@@ -322,6 +335,9 @@ async fn respond(
         model: app.model.id.clone(),
         logprobs: valid.pipeline.logprobs.is_some(),
         tokenizer: app.model.tokenizer.clone(),
+        tenant: tenant.id.clone(),
+        output: tenant.plan.guard.output.clone(),
+        metrics: app.gate.metrics.clone(),
     };
     let (stream, include_usage) = (valid.stream, valid.include_usage);
     let timing = Timing::new(app, &tenant.id);
@@ -345,6 +361,55 @@ async fn respond(
         resp.headers_mut().insert("x-cloister-watermark", id);
     }
     Ok(resp)
+}
+
+/// The input guard: length/control-character limits, then the prompt-injection score, acted
+/// on per the tenant's policy. Decisions are logged with the policy version and the pattern
+/// ids, never the prompt.
+fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiError> {
+    let decision =
+        check_input(&tenant.plan.guard.input, text).map_err(|e| ApiError::InvalidRequest {
+            message: format!("the prompt was refused by the input policy ({POLICY_VERSION}): {e}"),
+            param: Some("messages"),
+            code: Some("invalid_prompt"),
+        })?;
+    let ids: Vec<&str> = decision.signals.iter().map(|s| s.id).collect();
+    match decision.action {
+        GuardAction::Allow => Ok(()),
+        GuardAction::Flag => {
+            app.gate.metrics.guard(&tenant.id, "prompt_flagged");
+            tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
+                score = decision.score, signals = ?ids, "prompt flagged by the input guard");
+            Ok(())
+        }
+        GuardAction::Block => {
+            app.gate.metrics.guard(&tenant.id, "prompt_blocked");
+            tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
+                score = decision.score, signals = ?ids, "prompt blocked by the input guard");
+            Err(ApiError::InvalidRequest {
+                message: format!(
+                    "the prompt was rejected by the prompt-injection policy ({})",
+                    decision.policy_version
+                ),
+                param: Some("messages"),
+                code: Some("prompt_rejected"),
+            })
+        }
+    }
+}
+
+/// Records an output-guard decision (kinds only, never the matched text).
+fn note_pii(metrics: &Metrics, tenant: &str, action: OutputAction, matches: &[PiiMatch]) {
+    if matches.is_empty() {
+        return;
+    }
+    let event = match action {
+        OutputAction::Redact => "pii_redacted",
+        _ => "pii_flagged",
+    };
+    metrics.guard(tenant, event);
+    let kinds: Vec<&str> = matches.iter().map(|m| m.kind.label()).collect();
+    tracing::warn!(tenant, policy = POLICY_VERSION, event, kinds = ?kinds, "PII in a completion");
 }
 
 /// Feeds the tenant's extraction-detection window; an alarm is counted in
@@ -466,6 +531,14 @@ async fn collect(
                 prompt_tokens,
                 completion_tokens,
             } => {
+                let decision = check_output(&meta.output, &text);
+                note_pii(
+                    &meta.metrics,
+                    &meta.tenant,
+                    decision.action,
+                    &decision.matches,
+                );
+                let text = decision.text.into_owned();
                 let logprobs = meta.logprobs_json(&lps, &mut 0);
                 let choice = match meta.kind {
                     Kind::Completion => json!({
@@ -499,6 +572,8 @@ struct StreamState {
     lps: Vec<TokenLogprob>,
     /// Completions' `text_offset` of the next token.
     offset: usize,
+    /// The output guard over the streamed text.
+    redactor: StreamRedactor,
 }
 
 /// Turns engine events into SSE events. Dropping the response (client gone) drops `rx`, which
@@ -516,6 +591,7 @@ fn sse(
         v
     });
     let state = StreamState {
+        redactor: StreamRedactor::new(&meta.output),
         meta,
         rx,
         timing,
@@ -529,15 +605,22 @@ fn sse(
             mut timing,
             mut lps,
             mut offset,
+            mut redactor,
         } = state?;
         let ev = rx.recv().await;
         let (events, next) = match ev {
             Some(GenEvent::Text(t)) => {
-                timing.text();
-                (
-                    vec![meta.delta(Some(&t), None, &mut lps, &mut offset)],
-                    true,
-                )
+                // The output guard may hold back a possible PII value until it is decided.
+                let t = redactor.push(&t);
+                if t.is_empty() {
+                    (Vec::new(), true)
+                } else {
+                    timing.text();
+                    (
+                        vec![meta.delta(Some(&t), None, &mut lps, &mut offset)],
+                        true,
+                    )
+                }
             }
             Some(GenEvent::Logprob(lp)) => {
                 // Sent with the text it belongs to (or with the final chunk).
@@ -549,7 +632,18 @@ fn sse(
                 prompt_tokens,
                 completion_tokens,
             }) => {
-                let mut out = vec![meta.delta(None, Some(reason.as_str()), &mut lps, &mut offset)];
+                let mut out = Vec::new();
+                let rest = redactor.finish();
+                note_pii(
+                    &meta.metrics,
+                    &meta.tenant,
+                    meta.output.action,
+                    redactor.matches(),
+                );
+                if !rest.is_empty() {
+                    out.push(meta.delta(Some(&rest), None, &mut lps, &mut offset));
+                }
+                out.push(meta.delta(None, Some(reason.as_str()), &mut lps, &mut offset));
                 if include_usage {
                     let mut u = meta.object(
                         json!(null),
@@ -576,6 +670,7 @@ fn sse(
             timing,
             lps,
             offset,
+            redactor,
         };
         Some((stream::iter(items), next.then_some(state)))
     })

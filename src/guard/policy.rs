@@ -43,6 +43,7 @@ pub enum OutputAction {
 
 /// Per-tenant input guard policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InputPolicy {
     /// Action when the injection score reaches [`InputPolicy::threshold`].
     pub action_on_injection: GuardAction,
@@ -90,6 +91,7 @@ impl InputPolicy {
 
 /// Per-tenant output guard policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutputPolicy {
     /// What to do with matches.
     pub action: OutputAction,
@@ -105,6 +107,14 @@ impl Default for OutputPolicy {
             kinds: PiiKind::ALL.into_iter().collect(),
         }
     }
+}
+
+/// A plan's guard policies (`[plans.<name>.guard.input]`, `[plans.<name>.guard.output]`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardPolicy {
+    pub input: InputPolicy,
+    pub output: OutputPolicy,
 }
 
 /// A policy that cannot be applied as written.

@@ -54,6 +54,9 @@ pub struct Plan {
     /// Extraction-detection thresholds and the cool-down after an alarm.
     #[serde(default)]
     pub extraction: ExtractionPolicy,
+    /// Input (prompt-injection) and output (PII) guards.
+    #[serde(default)]
+    pub guard: crate::guard::policy::GuardPolicy,
 }
 
 fn yes() -> bool {
@@ -115,6 +118,9 @@ impl Plan {
         if self.kv_pool_bytes == Some(0) {
             problems.push(PlanProblem::Zero("kv_pool_bytes"));
         }
+        if let Err(e) = self.guard.input.validate() {
+            problems.push(PlanProblem::Guard(e.to_string()));
+        }
         let extraction = self.extraction.problems();
         for (field, reason) in self.confidence.problems().into_iter().chain(extraction) {
             problems.push(PlanProblem::Confidence { field, reason });
@@ -161,6 +167,9 @@ pub enum PlanProblem {
         /// Monthly quota.
         month: u64,
     },
+    /// The input guard policy is invalid.
+    #[error("guard.input: {0}")]
+    Guard(String),
     /// A confidence-policy field is out of range.
     #[error("{field} {reason}")]
     Confidence {
@@ -209,6 +218,7 @@ mod tests {
             confidence: ConfidencePolicy::default(),
             watermark: true,
             extraction: ExtractionPolicy::default(),
+            guard: Default::default(),
         }
     }
 

@@ -29,6 +29,7 @@ fn plan() -> Plan {
         confidence: Default::default(),
         watermark: true,
         extraction: Default::default(),
+        guard: Default::default(),
     }
 }
 

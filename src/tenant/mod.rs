@@ -112,6 +112,7 @@ mod tests {
             confidence: Default::default(),
             watermark: true,
             extraction: Default::default(),
+            guard: Default::default(),
         }
     }
 

@@ -181,6 +181,16 @@ logprobs = true
 [plans.extract.extraction]
 max_logprob_requests = 2
 cooldown_secs = 600
+[plans.guarded]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.guarded.guard.input]
+action_on_injection = "block"
+[plans.guarded.guard.output]
+action = "redact"
 [plans.peek]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -210,6 +220,9 @@ plan = "trusted-unmarked"
 [[tenants]]
 id = "extract"
 plan = "extract"
+[[tenants]]
+id = "guarded"
+plan = "guarded"
 [[tenants]]
 id = "peek"
 plan = "peek"

@@ -47,7 +47,6 @@ pub async fn completions(
         app.check_model(&caller.tenant, &req.model)?;
         let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
         let shingle_text = prompt.clone();
-        input_guard(&app, &caller.tenant, &shingle_text)?;
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
@@ -65,6 +64,8 @@ pub async fn completions(
             &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        // After the schema and context checks, so those errors keep their precedence.
+        input_guard(&app, &caller.tenant, &shingle_text)?;
         watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Completion).await
     }
@@ -87,7 +88,6 @@ pub async fn chat_completions(
             .map(|m| m.content.as_str())
             .collect::<Vec<_>>()
             .join("\n");
-        input_guard(&app, &caller.tenant, &shingle_text)?;
         let ids = app
             .model
             .chat
@@ -108,6 +108,8 @@ pub async fn chat_completions(
             &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        // After the schema and context checks, so those errors keep their precedence.
+        input_guard(&app, &caller.tenant, &shingle_text)?;
         watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Chat).await
     }

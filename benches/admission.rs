@@ -65,6 +65,10 @@ fn main() {
         max_queued: 64,
         kv_pool_bytes: None,
         allowed_models: vec![],
+        confidence: Default::default(),
+        watermark: true,
+        extraction: Default::default(),
+        guard: Default::default(),
     };
     let rates = RateLimits::new();
     rates.set_plan("t", &plan);

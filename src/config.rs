@@ -43,6 +43,8 @@ struct RawConfig {
     audit: RawAudit,
     admin: Option<RawAdmin>,
     #[serde(default)]
+    watermark: Option<RawWatermark>,
+    #[serde(default)]
     plans: BTreeMap<String, Plan>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
@@ -79,6 +81,13 @@ fn default_fsync_every() -> u64 {
 }
 fn default_retention_days() -> u32 {
     183
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatermark {
+    /// Watermark keyring file (0600; created by `cloister init`).
+    keys: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +224,8 @@ pub struct Config {
     pub limits: RequestLimits,
     pub ledger: PathBuf,
     pub audit: AuditConfig,
+    /// Watermark keyring; `None` = completions are not watermarked (logged at start-up).
+    pub watermark_keys: Option<PathBuf>,
     pub tenants: Vec<TenantConfig>,
     /// The file this config was read from (for reloads).
     pub source: Option<PathBuf>,
@@ -380,6 +391,7 @@ impl Config {
                 fsync_every: raw.audit.fsync_every,
                 retention_days: raw.audit.retention_days,
             },
+            watermark_keys: raw.watermark.as_ref().map(|w| abs(&w.keys)),
             tenants,
             source: None,
         })
@@ -395,6 +407,9 @@ impl Config {
             ("auth.jwks", &self.jwks),
             ("audit.signing_key", &self.audit.signing_key),
         ];
+        if let Some(p) = &self.watermark_keys {
+            files.push(("watermark.keys", p));
+        }
         for (_, p) in &self.trusted_publishers {
             files.push(("keys.trusted_publishers", p));
         }

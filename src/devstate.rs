@@ -20,6 +20,7 @@ pub const DEV_KEYRING_ID: &str = "dev-kek";
 pub const DEV_PUBLISHER_ID: &str = "dev-publisher";
 pub const DEV_JWT_KID: &str = "dev-issuer-1";
 pub const DEV_AUDIT_KEY_ID: &str = "dev-audit-1";
+pub const DEV_WATERMARK_ID: &str = "wm-dev-1";
 
 /// Paths inside a state folder. `configs/dev.toml` names the same layout.
 #[derive(Debug, Clone)]
@@ -33,6 +34,10 @@ impl StatePaths {
     }
     pub fn keyring(&self) -> PathBuf {
         self.root.join("keys/kek.json")
+    }
+    /// The watermark keyring (secret keys of the output watermark).
+    pub fn watermark_keys(&self) -> PathBuf {
+        self.root.join("keys/watermark.json")
     }
     pub fn publisher_key(&self) -> PathBuf {
         self.root.join("keys/publisher.pem")
@@ -114,6 +119,14 @@ pub fn init(paths: &StatePaths) -> Result<InitReport, StateError> {
         let ring = Keyring::generate(DEV_KEYRING_ID, &mut OsRng)
             .map_err(|e| gen_err("KEK keyring")(e.to_string()))?;
         Ok(vec![(paths.keyring(), ring.to_json().as_bytes().to_vec())])
+    })?;
+    step(paths.watermark_keys(), &mut || {
+        let ring = crate::watermark::WatermarkKeyring::generate(DEV_WATERMARK_ID, &mut OsRng)
+            .map_err(|e| gen_err("watermark keyring")(e.to_string()))?;
+        Ok(vec![(
+            paths.watermark_keys(),
+            ring.to_json().as_bytes().to_vec(),
+        )])
     })?;
     step(paths.publisher_key(), &mut || {
         let key = PublisherKey::generate(DEV_PUBLISHER_ID, &mut OsRng)
@@ -203,7 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = StatePaths::new(dir.path().join("state"));
         let first = init(&paths).expect("init");
-        assert_eq!(first.created.len(), 9, "{:?}", first.created);
+        assert_eq!(first.created.len(), 10, "{:?}", first.created);
         for p in &first.created {
             let mode = fs::metadata(p).expect("meta").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", p.display());

@@ -11,7 +11,10 @@
 //! - [`keys`]: KEK/DEK types, the `KeyProvider` trait, the local keyring, publisher keys.
 //! - [`auth`]: JWT verification against a JWKS, principals and scopes, dev token minting.
 //! - [`tokenizer`]: byte-level BPE from GGUF metadata and the model's chat template.
-//! - [`sampling`]: seeded sampling and stop sequences.
+//! - [`sampling`]: the logits pipeline (logprob snapshot, `logit_bias`, penalties, watermark,
+//!   temperature/top-p), seeded sampling and stop sequences.
+//! - [`watermark`]: the keyed SelfHash green-list watermark and its exact binomial detector.
+//! - [`guard`]: prompt-injection detection and PII scanning/redaction (also on streams).
 //! - [`tenant`]: tenants, plans and per-tenant queue slots.
 //! - [`limits`]: plans and GCRA rate limits (requests/s, tokens/min) on an injected clock.
 //!
@@ -37,6 +40,7 @@ pub mod config;
 pub mod devstate;
 pub mod engine;
 pub mod gpu;
+pub mod guard;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
@@ -50,3 +54,4 @@ pub mod store;
 pub mod tenant;
 pub mod tls;
 pub mod tokenizer;
+pub mod watermark;

@@ -53,6 +53,9 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The output watermark.
+    #[command(subcommand)]
+    Watermark(WatermarkCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,6 +92,22 @@ enum AuditCommand {
         /// Output file (must not exist).
         #[arg(long, short)]
         output: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WatermarkCommand {
+    /// Test a text for this server's watermark (exact binomial p-value, Bonferroni over the
+    /// keys tested; detected at p <= 1e-5). Loads the sealed model for its tokenizer.
+    Detect {
+        /// File holding the text to test.
+        #[arg(long)]
+        file: PathBuf,
+        /// Key ids to test (repeatable); default: every key in the keyring.
+        #[arg(long = "key-id")]
+        key_ids: Vec<String>,
+        #[arg(long, short, default_value = "configs/dev.toml")]
+        config: PathBuf,
     },
 }
 
@@ -214,6 +233,11 @@ fn main() -> Result<()> {
             since,
             output,
         }) => audit_export(&config, since, &output),
+        Command::Watermark(WatermarkCommand::Detect {
+            file,
+            key_ids,
+            config,
+        }) => watermark_detect(&config, &file, &key_ids),
         Command::Keys(KeysCommand::Init { state_dir }) => {
             let report = devstate::init(&StatePaths::new(state_dir))?;
             for p in &report.created {
@@ -225,6 +249,45 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn watermark_detect(config: &Path, file: &Path, key_ids: &[String]) -> Result<()> {
+    use cloister::watermark::{detect_any, WatermarkParams, DEFAULT_THRESHOLD};
+    let cfg = Config::load(config)?;
+    let ring = cloister::server::load_watermark_keys(&cfg)?
+        .context("the config has no [watermark] keys")?;
+    let keys = if key_ids.is_empty() {
+        ring.keys().iter().collect::<Vec<_>>()
+    } else {
+        key_ids
+            .iter()
+            .map(|id| {
+                ring.get(id)
+                    .with_context(|| format!("unknown key id {id:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?;
+    let loaded = model::load_sealed_model(&cfg)?;
+    let tokens = loaded
+        .tokenizer
+        .encode_text(&text)
+        .map_err(|e| anyhow::anyhow!("tokenize: {e}"))?;
+    let d = detect_any(&keys, &WatermarkParams::default(), &tokens)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "detected": d.is_watermarked(DEFAULT_THRESHOLD),
+            "threshold": DEFAULT_THRESHOLD,
+            "key_id": d.key_id,
+            "keys_tested": d.keys_tested,
+            "p_value": d.p_value,
+            "z": d.detection.z,
+            "green": d.detection.green,
+            "scored": d.detection.scored,
+        })
+    );
+    Ok(())
 }
 
 fn init_logging() {

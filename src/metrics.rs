@@ -23,6 +23,20 @@ pub struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExtractionLabels {
+    pub tenant: String,
+    /// `logprob_volume` or `near_duplicates`.
+    pub signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardLabels {
+    pub tenant: String,
+    /// `prompt_flagged`, `prompt_blocked`, `pii_flagged`, `pii_redacted`.
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
     pub tenant: String,
     /// The stable error code of the refusal (`rate_limit_exceeded`, `insufficient_quota`, ...).
@@ -48,6 +62,8 @@ pub struct Metrics {
     pub in_flight: Family<TenantLabel, Gauge>,
     pub kv_tokens: Family<TenantLabel, Gauge>,
     pub kv_blocks: Family<TenantLabel, Gauge>,
+    pub extraction_alarms: Family<ExtractionLabels, Counter>,
+    pub guard_events: Family<GuardLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +88,18 @@ impl Metrics {
         let in_flight = Family::<TenantLabel, Gauge>::default();
         let kv_tokens = Family::<TenantLabel, Gauge>::default();
         let kv_blocks = Family::<TenantLabel, Gauge>::default();
+        let extraction_alarms = Family::<ExtractionLabels, Counter>::default();
+        let guard_events = Family::<GuardLabels, Counter>::default();
+        registry.register(
+            "guard_events",
+            "Content-guard decisions by tenant and event",
+            guard_events.clone(),
+        );
+        registry.register(
+            "extraction_alarms",
+            "Model-extraction alarms by tenant and signal",
+            extraction_alarms.clone(),
+        );
         registry.register(
             "requests",
             "Completed API requests by tenant, endpoint and status",
@@ -122,6 +150,8 @@ impl Metrics {
             in_flight,
             kv_tokens,
             kv_blocks,
+            extraction_alarms,
+            guard_events,
         }
     }
 
@@ -129,6 +159,15 @@ impl Metrics {
         TenantLabel {
             tenant: tenant.to_string(),
         }
+    }
+
+    pub fn guard(&self, tenant: &str, event: &'static str) {
+        self.guard_events
+            .get_or_create(&GuardLabels {
+                tenant: tenant.to_string(),
+                event,
+            })
+            .inc();
     }
 
     pub fn reject(&self, tenant: &str, reason: &'static str) {

@@ -40,8 +40,28 @@ pub enum ServeError {
     Ledger { path: String, reason: String },
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::SinkError),
+    #[error("watermark keyring {path}: {reason}")]
+    Watermark { path: String, reason: String },
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Reads the watermark keyring named by the config (`None` when none is configured).
+pub fn load_watermark_keys(
+    cfg: &Config,
+) -> Result<Option<crate::watermark::WatermarkKeyring>, ServeError> {
+    let Some(path) = &cfg.watermark_keys else {
+        return Ok(None);
+    };
+    let err = |reason: String| ServeError::Watermark {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    crate::watermark::WatermarkKeyring::from_json(&text)
+        .map(Some)
+        .map_err(|e| err(e.to_string()))
 }
 
 /// A server that is accepting connections.
@@ -107,6 +127,14 @@ pub async fn start(
         version: Label::new(env!("CARGO_PKG_VERSION"))
             .map_err(|e| ServeError::Io(std::io::Error::other(e.to_string())))?,
     });
+    let watermark = load_watermark_keys(&cfg)?.map(Arc::new);
+    match &watermark {
+        Some(ring) => tracing::info!(
+            key_id = ring.active().id(),
+            "watermarking sampled completions"
+        ),
+        None => tracing::warn!("no [watermark] keys configured: completions are not watermarked"),
+    }
     let load_cfg = cfg.clone();
     let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
         .await
@@ -171,6 +199,9 @@ pub async fn start(
             &cfg.tenants,
         ))),
         limits: cfg.limits.clone(),
+        logprob_budget: Arc::default(),
+        extraction: Arc::default(),
+        watermark,
         gate: Gate {
             rates,
             ledger,

@@ -28,7 +28,15 @@ fn run_ok(c: &mut Command) -> String {
 #[test]
 fn help_teaches_every_subcommand() {
     let help = run_ok(cloister().arg("--help"));
-    for sub in ["quickstart", "serve", "seal", "verify", "token", "keys"] {
+    for sub in [
+        "quickstart",
+        "serve",
+        "seal",
+        "verify",
+        "token",
+        "keys",
+        "watermark",
+    ] {
         assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
     }
     let seal_help = run_ok(cloister().args(["seal", "--help"]));
@@ -179,4 +187,21 @@ fn serve_starts_answers_and_exits_cleanly_on_sigterm() {
     server.signal("TERM");
     let code = server.wait(Duration::from_secs(20));
     assert!(code.success(), "exit status {code}");
+}
+
+#[test]
+fn watermark_detect_cli_does_not_flag_human_text() {
+    let f = fixture();
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/human_corpus.txt");
+    let out = run_ok(
+        cloister()
+            .args(["watermark", "detect", "--config"])
+            .arg(&f.config_path)
+            .args(["--file", corpus]),
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(v["detected"], false, "{v}");
+    assert_eq!(v["key_id"], cloister::devstate::DEV_WATERMARK_ID);
+    assert!(v["scored"].as_u64().expect("scored") > 200, "{v}");
+    assert!(v["p_value"].as_f64().expect("p") > 1e-5, "{v}");
 }

@@ -167,6 +167,7 @@ fn submit(
                 seed: 0,
             },
             stop: Vec::new(),
+            pipeline: Default::default(),
             kv_pool_bytes,
             events: tx,
             on_finish: Box::new(Usage(utx)),
@@ -181,6 +182,7 @@ fn collect(mut job: Job) -> Result<(String, usize), EngineError> {
     while let Some(ev) = job.rx.blocking_recv() {
         match ev {
             GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Logprob(_) => {}
             GenEvent::Done {
                 completion_tokens, ..
             } => {

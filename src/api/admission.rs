@@ -108,6 +108,15 @@ impl Gate {
     }
 
     /// Admits one request of `tenant` that may use up to `tokens` (prompt + `max_tokens`).
+    /// Counts one request against the tenant's request rate (for endpoints that run no
+    /// generation, e.g. watermark detection).
+    pub fn check_request(&self, tenant: &Tenant) -> Result<RateInfo, ApiError> {
+        let id = tenant.id.as_str();
+        self.rates
+            .check_request(id)
+            .map_err(|e| rate_error(self, id, e))
+    }
+
     pub async fn admit(&self, tenant: &Arc<Tenant>, tokens: usize) -> Result<Admitted, ApiError> {
         let id = tenant.id.as_str();
         let slot = tenant.try_enter().ok_or_else(|| {

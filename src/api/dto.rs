@@ -20,6 +20,14 @@ impl OneOrMany {
     }
 }
 
+/// `logprobs` is a boolean on chat and an integer on completions.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(untagged)]
+pub enum LogprobsParam {
+    Flag(bool),
+    Count(i64),
+}
+
 #[derive(Debug, Deserialize, Clone, Copy, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StreamOptions {
@@ -42,9 +50,16 @@ pub struct CommonParams {
     pub stream_options: Option<StreamOptions>,
     /// End-user id for abuse tracking; accepted, not stored.
     pub user: Option<String>,
-    /// Accepted only at their neutral value until penalties are implemented.
+    /// OpenAI penalties, each in -2..=2.
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    /// Chat: `true`/`false`; completions: the number of alternatives per position (0..=5 at
+    /// OpenAI, here up to the plan's cap).
+    pub logprobs: Option<LogprobsParam>,
+    /// Chat only: alternatives per position.
+    pub top_logprobs: Option<i64>,
+    /// Token id (as a string key, per OpenAI) -> bias in -100..=100.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
     /// Everything else: refused by validation, naming the first unknown argument
     /// (`deny_unknown_fields` does not combine with `flatten`).
     #[serde(flatten)]

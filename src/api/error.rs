@@ -50,6 +50,8 @@ pub enum ApiError {
     },
     #[error("too many requests of this tenant are in progress; retry shortly")]
     TenantQueueFull,
+    #[error("logprob requests of this tenant are paused for a while by the extraction-detection policy; retry without `logprobs` or later")]
+    ExtractionThrottled,
     #[error("unknown request URL; see the API reference for the routes this server offers")]
     UnknownRoute,
     #[error("the server failed to process the request")]
@@ -75,7 +77,8 @@ impl ApiError {
             ApiError::Auth(_) => "authentication_error",
             ApiError::UnknownTenant => "permission_error",
             ApiError::Engine(EngineError::QueueFull | EngineError::KvPoolExhausted)
-            | ApiError::TenantQueueFull => "rate_limit_error",
+            | ApiError::TenantQueueFull
+            | ApiError::ExtractionThrottled => "rate_limit_error",
             ApiError::RateLimited(d) => d.kind.as_str(),
             ApiError::RequestTooLarge { .. } => "invalid_request_error",
             ApiError::QuotaExceeded { .. } => "insufficient_quota",
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::UnknownTenant => StatusCode::FORBIDDEN,
             ApiError::Engine(EngineError::QueueFull | EngineError::KvPoolExhausted)
             | ApiError::TenantQueueFull
+            | ApiError::ExtractionThrottled
             | ApiError::RateLimited(_)
             | ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTooLarge { .. } => StatusCode::BAD_REQUEST,
@@ -115,6 +119,7 @@ impl ApiError {
             ApiError::Engine(EngineError::QueueFull) => Some("server_busy"),
             ApiError::Engine(EngineError::KvPoolExhausted) => Some("kv_pool_exhausted"),
             ApiError::TenantQueueFull => Some("tenant_queue_full"),
+            ApiError::ExtractionThrottled => Some("extraction_throttled"),
             ApiError::RateLimited(_) => Some("rate_limit_exceeded"),
             ApiError::RequestTooLarge { .. } => Some("request_too_large"),
             ApiError::QuotaExceeded { .. } => Some("insufficient_quota"),

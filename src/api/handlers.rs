@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::histogram::Histogram;
 
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,12 +20,19 @@ use tokio::sync::mpsc;
 use crate::api::dto::{ChatRequest, CompletionRequest};
 use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
-use crate::api::validate::{self, Endpoint, RequestLimits, ValidGeneration};
+use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGeneration};
 use crate::api::AppState;
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::guard::injection::check_input;
+use crate::guard::pii::{check_output, PiiMatch};
+use crate::guard::policy::{GuardAction, OutputAction, POLICY_VERSION};
+use crate::guard::stream::StreamRedactor;
+use crate::metrics::{ExtractionLabels, Metrics, RequestLabels};
+use crate::sampling::{TokenLogprob, WatermarkSpec};
 use crate::tenant::Tenant;
+use crate::tokenizer::ModelTokenizer;
+use crate::watermark::WatermarkParams;
 
 /// Events buffered between the engine and a slow client before the engine waits.
 const EVENT_BUFFER: usize = 64;
@@ -38,6 +46,7 @@ pub async fn completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
+        let shingle_text = prompt.clone();
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
@@ -46,11 +55,18 @@ pub async fn completions(
         let valid = validate::generation(
             req.params,
             ids,
-            ctx,
+            ModelBounds {
+                context_length: ctx,
+                vocab_size: app.model.tokenizer.vocab_size(),
+            },
             &limits,
             Endpoint::Completions,
+            &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        // After the schema and context checks, so those errors keep their precedence.
+        input_guard(&app, &caller.tenant, &shingle_text)?;
+        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Completion).await
     }
     .await;
@@ -67,6 +83,11 @@ pub async fn chat_completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let messages = validate::chat_messages(req.messages, &app.limits)?;
+        let shingle_text = messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
         let ids = app
             .model
             .chat
@@ -78,11 +99,18 @@ pub async fn chat_completions(
         let valid = validate::generation(
             req.params,
             ids,
-            ctx,
+            ModelBounds {
+                context_length: ctx,
+                vocab_size: app.model.tokenizer.vocab_size(),
+            },
             &limits,
             Endpoint::Chat,
+            &caller.tenant.plan.confidence,
             rand::thread_rng().gen(),
         )?;
+        // After the schema and context checks, so those errors keep their precedence.
+        input_guard(&app, &caller.tenant, &shingle_text)?;
+        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
         respond(&app, &caller.tenant, valid, Kind::Chat).await
     }
     .await;
@@ -149,6 +177,12 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    /// Whether the client asked for logprobs (otherwise `"logprobs": null`).
+    logprobs: bool,
+    tokenizer: Arc<ModelTokenizer>,
+    tenant: String,
+    output: crate::guard::policy::OutputPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Meta {
@@ -173,18 +207,84 @@ impl Meta {
         v
     }
 
-    /// A stream chunk carrying `text` (and a finish reason on the last one).
-    fn delta(&self, text: Option<&str>, finish: Option<&str>) -> Value {
+    /// A stream chunk carrying `text` (and a finish reason on the last one) and the logprobs
+    /// of the tokens that arrived since the previous chunk.
+    fn delta(
+        &self,
+        text: Option<&str>,
+        finish: Option<&str>,
+        lps: &mut Vec<TokenLogprob>,
+        offset: &mut usize,
+    ) -> Value {
+        let logprobs = self.logprobs_json(lps, offset);
+        lps.clear();
         let choice = match self.kind {
             Kind::Completion => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text.unwrap_or(""), "logprobs": logprobs,
+                "finish_reason": finish,
             }),
             Kind::Chat => {
                 let delta = text.map_or(json!({}), |t| json!({ "content": t }));
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish })
             }
         };
         self.object(choice, None, true)
+    }
+
+    /// OpenAI's logprobs object for `lps` (`null` when not requested). `offset` is the text
+    /// offset of the first token (completions' `text_offset`), advanced past them.
+    fn logprobs_json(&self, lps: &[TokenLogprob], offset: &mut usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let tok = &self.tokenizer;
+        let text = |id: u32| tok.token_text(id).unwrap_or_default();
+        let bytes = |id: u32| tok.token_bytes(id).map(<[u8]>::to_vec).unwrap_or_default();
+        match self.kind {
+            Kind::Chat => {
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|lp| {
+                        let top: Vec<Value> = lp
+                            .top
+                            .iter()
+                            .map(|&(id, l)| {
+                                json!({"token": text(id), "logprob": l, "bytes": bytes(id)})
+                            })
+                            .collect();
+                        json!({
+                            "token": text(lp.token),
+                            "logprob": lp.logprob,
+                            "bytes": bytes(lp.token),
+                            "top_logprobs": top,
+                        })
+                    })
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Kind::Completion => {
+                let mut tokens = Vec::new();
+                let mut token_logprobs = Vec::new();
+                let mut top = Vec::new();
+                let mut offsets = Vec::new();
+                for lp in lps {
+                    let t = text(lp.token);
+                    offsets.push(*offset);
+                    *offset += t.len();
+                    tokens.push(t);
+                    token_logprobs.push(lp.logprob);
+                    let alts: serde_json::Map<String, Value> =
+                        lp.top.iter().map(|&(id, l)| (text(id), json!(l))).collect();
+                    top.push(Value::Object(alts));
+                }
+                json!({
+                    "tokens": tokens,
+                    "token_logprobs": token_logprobs,
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 }
 
@@ -199,9 +299,25 @@ fn usage(prompt: usize, completion: usize) -> Value {
 async fn respond(
     app: &AppState,
     tenant: &Arc<Tenant>,
-    valid: ValidGeneration,
+    mut valid: ValidGeneration,
     kind: Kind,
 ) -> Result<Response, ApiError> {
+    // Every sampled completion is watermarked unless the plan opts out; greedy output cannot
+    // carry a soft watermark (README).
+    let watermark_id = match &app.watermark {
+        Some(ring) if tenant.plan.watermark && !valid.sampling.is_greedy() => {
+            let key = ring.active();
+            valid.pipeline.watermark = Some(WatermarkSpec {
+                key: Arc::new(key.clone()),
+                params: WatermarkParams::default(),
+            });
+            Some(key.id().to_owned())
+        }
+        _ => None,
+    };
+    if valid.pipeline.logprobs.is_some() {
+        take_logprob_budget(app, tenant)?;
+    }
     let admitted = app
         .gate
         .admit(tenant, valid.prompt_ids.len() + valid.max_tokens)
@@ -219,6 +335,11 @@ async fn respond(
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         model: app.model.id.clone(),
+        logprobs: valid.pipeline.logprobs.is_some(),
+        tokenizer: app.model.tokenizer.clone(),
+        tenant: tenant.id.clone(),
+        output: tenant.plan.guard.output.clone(),
+        metrics: app.gate.metrics.clone(),
     };
     let (stream, include_usage) = (valid.stream, valid.include_usage);
     let timing = Timing::new(app, &tenant.id);
@@ -227,6 +348,7 @@ async fn respond(
         prompt: valid.prompt_ids,
         max_tokens: valid.max_tokens,
         sampling: valid.sampling,
+        pipeline: valid.pipeline,
         stop: valid.stop,
         kv_pool_bytes: tenant.plan.kv_pool_bytes,
         events: tx,
@@ -238,7 +360,130 @@ async fn respond(
         Json(collect(meta, rx, timing).await?).into_response()
     };
     rate_headers(resp.headers_mut(), &[rate.requests, rate.tokens]);
+    if let Some(id) = watermark_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        resp.headers_mut().insert("x-cloister-watermark", id);
+    }
     Ok(resp)
+}
+
+/// The input guard: length/control-character limits, then the prompt-injection score, acted
+/// on per the tenant's policy. Decisions are logged with the policy version and the pattern
+/// ids, never the prompt.
+fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiError> {
+    let decision =
+        check_input(&tenant.plan.guard.input, text).map_err(|e| ApiError::InvalidRequest {
+            message: format!("the prompt was refused by the input policy ({POLICY_VERSION}): {e}"),
+            param: Some("messages"),
+            code: Some("invalid_prompt"),
+        })?;
+    let ids: Vec<&str> = decision.signals.iter().map(|s| s.id).collect();
+    match decision.action {
+        GuardAction::Allow => Ok(()),
+        GuardAction::Flag => {
+            app.gate.metrics.guard(&tenant.id, "prompt_flagged");
+            tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
+                score = decision.score, signals = ?ids, "prompt flagged by the input guard");
+            Ok(())
+        }
+        GuardAction::Block => {
+            app.gate.metrics.guard(&tenant.id, "prompt_blocked");
+            tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
+                score = decision.score, signals = ?ids, "prompt blocked by the input guard");
+            Err(ApiError::InvalidRequest {
+                message: format!(
+                    "the prompt was rejected by the prompt-injection policy ({})",
+                    decision.policy_version
+                ),
+                param: Some("messages"),
+                code: Some("prompt_rejected"),
+            })
+        }
+    }
+}
+
+/// Records an output-guard decision (kinds only, never the matched text).
+fn note_pii(metrics: &Metrics, tenant: &str, action: OutputAction, matches: &[PiiMatch]) {
+    if matches.is_empty() {
+        return;
+    }
+    let event = match action {
+        OutputAction::Redact => "pii_redacted",
+        _ => "pii_flagged",
+    };
+    metrics.guard(tenant, event);
+    let kinds: Vec<&str> = matches.iter().map(|m| m.kind.label()).collect();
+    tracing::warn!(tenant, policy = POLICY_VERSION, event, kinds = ?kinds, "PII in a completion");
+}
+
+/// Feeds the tenant's extraction-detection window; an alarm is counted in
+/// `cloister_extraction_alarms_total` and logged (without the prompt), and starts a cool-down
+/// during which the tenant's logprob requests are refused.
+fn watch_extraction(
+    app: &AppState,
+    tenant: &Tenant,
+    prompt: &str,
+    valid: &ValidGeneration,
+) -> Result<(), ApiError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let logprobs = valid.pipeline.logprobs.is_some();
+    let policy = &tenant.plan.extraction;
+    let (throttled, alarms) = {
+        let Ok(mut monitor) = app.extraction.lock() else {
+            return Err(ApiError::Internal);
+        };
+        if logprobs && monitor.throttled(&tenant.id, now) {
+            (true, Vec::new())
+        } else {
+            let o = monitor.observe(&tenant.id, now, prompt, logprobs, policy);
+            (false, o.alarms)
+        }
+    };
+    for signal in alarms {
+        app.gate
+            .metrics
+            .extraction_alarms
+            .get_or_create(&ExtractionLabels {
+                tenant: tenant.id.clone(),
+                signal: signal.as_str(),
+            })
+            .inc();
+        tracing::warn!(
+            tenant = %tenant.id,
+            signal = signal.as_str(),
+            cooldown_secs = policy.cooldown_secs,
+            "extraction alarm: logprob requests paused"
+        );
+    }
+    if throttled {
+        app.gate.metrics.reject(&tenant.id, "extraction_throttled");
+        return Err(ApiError::ExtractionThrottled);
+    }
+    Ok(())
+}
+
+/// Counts one logprob-bearing request against the tenant's daily budget, or refuses it.
+fn take_logprob_budget(app: &AppState, tenant: &Tenant) -> Result<(), ApiError> {
+    let day = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let limit = tenant.plan.confidence.logprob_requests_per_day;
+    let ok = app
+        .logprob_budget
+        .lock()
+        .is_ok_and(|mut b| b.try_take(&tenant.id, day, limit));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidRequest {
+            message: "the daily budget of logprob requests of this plan's confidence policy is \
+                      spent; retry without `logprobs` or tomorrow (UTC)"
+                .into(),
+            param: Some("logprobs"),
+            code: Some("logprob_budget_exhausted"),
+        })
+    }
 }
 
 /// Time to first token and between pieces of text, per tenant.
@@ -276,25 +521,37 @@ async fn collect(
     mut timing: Timing,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut lps = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             GenEvent::Text(t) => {
                 timing.text();
                 text.push_str(&t);
             }
+            GenEvent::Logprob(lp) => lps.push(lp),
             GenEvent::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             } => {
+                let decision = check_output(&meta.output, &text);
+                note_pii(
+                    &meta.metrics,
+                    &meta.tenant,
+                    decision.action,
+                    &decision.matches,
+                );
+                let text = decision.text.into_owned();
+                let logprobs = meta.logprobs_json(&lps, &mut 0);
                 let choice = match meta.kind {
                     Kind::Completion => json!({
-                        "index": 0, "text": text, "logprobs": null, "finish_reason": reason.as_str(),
+                        "index": 0, "text": text, "logprobs": logprobs,
+                        "finish_reason": reason.as_str(),
                     }),
                     Kind::Chat => json!({
                         "index": 0,
                         "message": { "role": "assistant", "content": text, "refusal": null },
-                        "logprobs": null,
+                        "logprobs": logprobs,
                         "finish_reason": reason.as_str(),
                     }),
                 };
@@ -310,6 +567,18 @@ async fn collect(
     Err(ApiError::Internal)
 }
 
+struct StreamState {
+    meta: Meta,
+    rx: mpsc::Receiver<GenEvent>,
+    timing: Timing,
+    /// Logprobs of tokens whose text has not been sent yet.
+    lps: Vec<TokenLogprob>,
+    /// Completions' `text_offset` of the next token.
+    offset: usize,
+    /// The output guard over the streamed text.
+    redactor: StreamRedactor,
+}
+
 /// Turns engine events into SSE events. Dropping the response (client gone) drops `rx`, which
 /// the engine notices at its next token.
 fn sse(
@@ -319,24 +588,65 @@ fn sse(
     timing: Timing,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let first = (meta.kind == Kind::Chat).then(|| {
-        let mut v = meta.delta(None, None);
+        let mut v = meta.delta(None, None, &mut Vec::new(), &mut 0);
+        v["choices"][0]["logprobs"] = Value::Null;
         v["choices"][0]["delta"] = json!({ "role": "assistant", "content": "" });
         v
     });
-    let body = stream::unfold(Some((meta, rx, timing)), move |state| async move {
-        let (meta, mut rx, mut timing) = state?;
+    let state = StreamState {
+        redactor: StreamRedactor::new(&meta.output),
+        meta,
+        rx,
+        timing,
+        lps: Vec::new(),
+        offset: 0,
+    };
+    let body = stream::unfold(Some(state), move |state| async move {
+        let StreamState {
+            meta,
+            mut rx,
+            mut timing,
+            mut lps,
+            mut offset,
+            mut redactor,
+        } = state?;
         let ev = rx.recv().await;
         let (events, next) = match ev {
             Some(GenEvent::Text(t)) => {
-                timing.text();
-                (vec![meta.delta(Some(&t), None)], true)
+                // The output guard may hold back a possible PII value until it is decided.
+                let t = redactor.push(&t);
+                if t.is_empty() {
+                    (Vec::new(), true)
+                } else {
+                    timing.text();
+                    (
+                        vec![meta.delta(Some(&t), None, &mut lps, &mut offset)],
+                        true,
+                    )
+                }
+            }
+            Some(GenEvent::Logprob(lp)) => {
+                // Sent with the text it belongs to (or with the final chunk).
+                lps.push(lp);
+                (Vec::new(), true)
             }
             Some(GenEvent::Done {
                 reason,
                 prompt_tokens,
                 completion_tokens,
             }) => {
-                let mut out = vec![meta.delta(None, Some(reason.as_str()))];
+                let mut out = Vec::new();
+                let rest = redactor.finish();
+                note_pii(
+                    &meta.metrics,
+                    &meta.tenant,
+                    meta.output.action,
+                    redactor.matches(),
+                );
+                if !rest.is_empty() {
+                    out.push(meta.delta(Some(&rest), None, &mut lps, &mut offset));
+                }
+                out.push(meta.delta(None, Some(reason.as_str()), &mut lps, &mut offset));
                 if include_usage {
                     let mut u = meta.object(
                         json!(null),
@@ -358,7 +668,15 @@ fn sse(
         if !next {
             items.push(Event::default().data("[DONE]"));
         }
-        Some((stream::iter(items), next.then_some((meta, rx, timing))))
+        let state = StreamState {
+            meta,
+            rx,
+            timing,
+            lps,
+            offset,
+            redactor,
+        };
+        Some((stream::iter(items), next.then_some(state)))
     })
     .flatten();
     let head = stream::iter(first.map(|v| Event::default().data(v.to_string())));

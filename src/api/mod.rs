@@ -11,6 +11,7 @@ mod extract;
 mod handlers;
 pub(crate) mod usage;
 pub mod validate;
+mod watermark;
 
 use std::sync::Arc;
 
@@ -52,6 +53,12 @@ pub struct AppState {
     pub verifier: Arc<ArcSwap<JwtVerifier>>,
     pub tenants: Arc<ArcSwap<TenantRegistry>>,
     pub limits: RequestLimits,
+    /// Logprob-bearing requests per tenant and UTC day (in memory; a restart resets it).
+    pub logprob_budget: Arc<std::sync::Mutex<crate::limits::LogprobBudget>>,
+    /// Per-tenant extraction-detection windows (in memory).
+    pub extraction: Arc<std::sync::Mutex<crate::limits::ExtractionMonitor>>,
+    /// Watermark keys (`None`: not configured, nothing is watermarked).
+    pub watermark: Option<Arc<crate::watermark::WatermarkKeyring>>,
     pub gate: Gate,
     pub ops: Arc<Ops>,
 }
@@ -83,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/watermark/detect", post(watermark::detect))
         .route("/v1/usage", get(usage::usage))
         .route("/metrics", get(usage::metrics))
         .route("/healthz", get(|| async { "ok" }))

@@ -1,9 +1,10 @@
 //! Request DTO -> `Valid*` conversion: every bound checked once, here, with an OpenAI-style
 //! message naming the parameter.
 
-use crate::api::dto::{ChatMessageIn, CommonParams, MessageContent, OneOrMany};
+use crate::api::dto::{ChatMessageIn, CommonParams, LogprobsParam, MessageContent, OneOrMany};
 use crate::api::error::ApiError;
-use crate::sampling::SamplingParams;
+use crate::limits::{ConfidencePolicy, TOP_LOGPROBS_HARD_MAX};
+use crate::sampling::{LogprobSpec, PipelineParams, SamplingParams};
 use crate::tokenizer::{ChatMessage, Role};
 
 /// Server-wide request bounds (from config).
@@ -34,11 +35,13 @@ const MAX_STOP_BYTES: usize = 256;
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 
 /// A generation request that passed every check.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ValidGeneration {
     pub prompt_ids: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// `logit_bias`, penalties and logprobs; the watermark is added by the handler.
+    pub pipeline: PipelineParams,
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
@@ -146,16 +149,29 @@ pub enum Endpoint {
     Chat,
 }
 
+/// What the served model bounds: the context window (already narrowed by the plan) and the
+/// vocabulary (`logit_bias` keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelBounds {
+    pub context_length: usize,
+    pub vocab_size: usize,
+}
+
 /// Checks the sampling parameters against the prompt length and the context window.
 /// `fresh_seed` is used when the client gives none.
 pub fn generation(
     params: CommonParams,
     prompt_ids: Vec<u32>,
-    context_length: usize,
+    model: ModelBounds,
     limits: &RequestLimits,
     endpoint: Endpoint,
+    policy: &ConfidencePolicy,
     fresh_seed: u64,
 ) -> Result<ValidGeneration, ApiError> {
+    let ModelBounds {
+        context_length,
+        vocab_size,
+    } = model;
     if let Some(name) = params.unknown.keys().next() {
         return Err(ApiError::InvalidRequest {
             message: format!("Unrecognized request argument supplied: {name}"),
@@ -172,12 +188,22 @@ pub fn generation(
         (params.frequency_penalty, "frequency_penalty"),
         (params.presence_penalty, "presence_penalty"),
     ] {
-        if value.is_some_and(|v| v != 0.0) {
+        if value.is_some_and(|v| !(-2.0..=2.0).contains(&v)) {
             return Err(ApiError::invalid(
-                format!("`{name}` is not supported yet; omit it or send 0"),
+                format!("`{name}` must be between -2 and 2"),
                 Some(name),
             ));
         }
+    }
+    let logprobs = logprob_spec(&params, endpoint, policy)?;
+    let logit_bias = logit_bias(params.logit_bias.as_ref(), vocab_size, policy)?;
+    if logprobs.is_some() && !logit_bias.is_empty() && !policy.trusted {
+        return Err(policy_refusal(
+            "`logit_bias` cannot be combined with `logprobs` under this plan's confidence \
+             policy",
+            "logit_bias",
+            "logit_bias_with_logprobs_not_allowed",
+        ));
     }
     let temperature = params.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -258,10 +284,145 @@ pub fn generation(
             // OpenAI seeds are signed integers; any value maps to a distinct 64-bit seed.
             seed: params.seed.map_or(fresh_seed, |s| s as u64),
         },
+        pipeline: PipelineParams {
+            logit_bias,
+            frequency_penalty: params.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: params.presence_penalty.unwrap_or(0.0),
+            watermark: None,
+            logprobs,
+        },
         stop,
         stream,
         include_usage: params.stream_options.is_some_and(|o| o.include_usage),
     })
+}
+
+/// A 400 that names the confidence policy (never the model's internals).
+fn policy_refusal(message: &str, param: &'static str, code: &'static str) -> ApiError {
+    ApiError::InvalidRequest {
+        message: message.to_owned(),
+        param: Some(param),
+        code: Some(code),
+    }
+}
+
+/// `logprobs` / `top_logprobs` (chat) or `logprobs: N` (completions), checked against policy.
+fn logprob_spec(
+    params: &CommonParams,
+    endpoint: Endpoint,
+    policy: &ConfidencePolicy,
+) -> Result<Option<LogprobSpec>, ApiError> {
+    let top = match (endpoint, params.logprobs) {
+        (Endpoint::Chat, None | Some(LogprobsParam::Flag(false))) => {
+            if params.top_logprobs.is_some() {
+                return Err(ApiError::invalid(
+                    "`top_logprobs` requires `logprobs: true`",
+                    Some("top_logprobs"),
+                ));
+            }
+            return Ok(None);
+        }
+        (Endpoint::Chat, Some(LogprobsParam::Flag(true))) => params.top_logprobs.unwrap_or(0),
+        (Endpoint::Completions, None) => return Ok(None),
+        (Endpoint::Completions, Some(LogprobsParam::Count(n))) if params.top_logprobs.is_none() => {
+            n
+        }
+        (Endpoint::Chat, Some(LogprobsParam::Count(_))) => {
+            return Err(ApiError::invalid(
+                "`logprobs` must be a boolean",
+                Some("logprobs"),
+            ))
+        }
+        (Endpoint::Completions, _) => {
+            return Err(ApiError::invalid(
+                "`logprobs` must be an integer (and `top_logprobs` is chat-only)",
+                Some("logprobs"),
+            ))
+        }
+    };
+    let param = match endpoint {
+        Endpoint::Chat => "top_logprobs",
+        Endpoint::Completions => "logprobs",
+    };
+    if !(0..=i64::from(TOP_LOGPROBS_HARD_MAX)).contains(&top) {
+        return Err(ApiError::invalid(
+            format!("`{param}` must be between 0 and {TOP_LOGPROBS_HARD_MAX}"),
+            Some(param),
+        ));
+    }
+    if !policy.logprobs {
+        return Err(policy_refusal(
+            "logprobs are not available under this plan's confidence policy",
+            "logprobs",
+            "logprobs_not_allowed",
+        ));
+    }
+    if top > i64::from(policy.max_top_logprobs) {
+        return Err(policy_refusal(
+            &format!(
+                "this plan's confidence policy allows at most {} alternatives per token",
+                policy.max_top_logprobs
+            ),
+            param,
+            "top_logprobs_above_policy",
+        ));
+    }
+    Ok(Some(LogprobSpec {
+        top: usize::try_from(top).unwrap_or(0),
+        rounding: policy.rounding_step(),
+    }))
+}
+
+/// `logit_bias`: keys are token ids, values in -100..=100, bounded by policy.
+fn logit_bias(
+    bias: Option<&std::collections::BTreeMap<String, f32>>,
+    vocab_size: usize,
+    policy: &ConfidencePolicy,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(bias) = bias else {
+        return Ok(Vec::new());
+    };
+    if bias.len() > policy.max_logit_bias_entries as usize {
+        return Err(policy_refusal(
+            &format!(
+                "this plan's confidence policy allows at most {} `logit_bias` entries",
+                policy.max_logit_bias_entries
+            ),
+            "logit_bias",
+            "logit_bias_too_large",
+        ));
+    }
+    let mut out = Vec::with_capacity(bias.len());
+    for (k, &v) in bias {
+        let id = k
+            .parse::<u32>()
+            .ok()
+            .filter(|&id| (id as usize) < vocab_size)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "`logit_bias` keys must be token ids of this model",
+                    Some("logit_bias"),
+                )
+            })?;
+        if !(-100.0..=100.0).contains(&v) {
+            return Err(ApiError::invalid(
+                "`logit_bias` values must be between -100 and 100",
+                Some("logit_bias"),
+            ));
+        }
+        if v.abs() > policy.max_logit_bias {
+            return Err(policy_refusal(
+                &format!(
+                    "this plan's confidence policy allows `logit_bias` values up to ±{}",
+                    policy.max_logit_bias
+                ),
+                "logit_bias",
+                "logit_bias_too_large",
+            ));
+        }
+        out.push((id, v));
+    }
+    Ok(out)
 }
 
 fn context_exceeded(prompt: usize, completion: usize, ctx: usize) -> ApiError {
@@ -280,13 +441,19 @@ fn context_exceeded(prompt: usize, completion: usize, ctx: usize) -> ApiError {
 mod tests {
     use super::*;
 
+    const BOUNDS: ModelBounds = ModelBounds {
+        context_length: 100,
+        vocab_size: 1000,
+    };
+
     fn gen(params: CommonParams, prompt_len: usize) -> Result<ValidGeneration, ApiError> {
         generation(
             params,
             vec![5; prompt_len],
-            100,
+            BOUNDS,
             &RequestLimits::default(),
             Endpoint::Completions,
+            &ConfidencePolicy::default(),
             9,
         )
     }
@@ -347,7 +514,7 @@ mod tests {
             ),
             (
                 CommonParams {
-                    frequency_penalty: Some(0.5),
+                    frequency_penalty: Some(2.5),
                     ..Default::default()
                 },
                 "frequency_penalty",
@@ -364,6 +531,102 @@ mod tests {
         for (p, param) in cases {
             let (got, _) = code_of(gen(p, 10).expect_err(param));
             assert_eq!(got, Some(param));
+        }
+    }
+
+    fn policy_gen(
+        params: CommonParams,
+        endpoint: Endpoint,
+        policy: &ConfidencePolicy,
+    ) -> Result<ValidGeneration, ApiError> {
+        generation(
+            params,
+            vec![5; 4],
+            BOUNDS,
+            &RequestLimits::default(),
+            endpoint,
+            policy,
+            9,
+        )
+    }
+
+    #[test]
+    fn logprobs_follow_the_confidence_policy() {
+        let chat = |top: Option<i64>| CommonParams {
+            logprobs: Some(LogprobsParam::Flag(true)),
+            top_logprobs: top,
+            ..Default::default()
+        };
+        let deny = ConfidencePolicy::default();
+        let allow = ConfidencePolicy {
+            logprobs: true,
+            ..Default::default()
+        };
+        let code = |r: Result<ValidGeneration, ApiError>| code_of(r.expect_err("refused")).1;
+        assert_eq!(
+            code(policy_gen(chat(Some(2)), Endpoint::Chat, &deny)),
+            Some("logprobs_not_allowed")
+        );
+        let ok = policy_gen(chat(Some(5)), Endpoint::Chat, &allow).expect("allowed");
+        assert_eq!(
+            ok.pipeline.logprobs,
+            Some(LogprobSpec {
+                top: 5,
+                rounding: Some(0.1)
+            })
+        );
+        assert_eq!(
+            code(policy_gen(chat(Some(6)), Endpoint::Chat, &allow)),
+            Some("top_logprobs_above_policy")
+        );
+        assert!(policy_gen(chat(Some(21)), Endpoint::Chat, &allow).is_err());
+        let cmpl = CommonParams {
+            logprobs: Some(LogprobsParam::Count(3)),
+            ..Default::default()
+        };
+        let ok = policy_gen(cmpl, Endpoint::Completions, &allow).expect("allowed");
+        assert_eq!(ok.pipeline.logprobs.map(|s| s.top), Some(3));
+        let mut with_bias = chat(Some(1));
+        with_bias.logit_bias = Some([("7".to_string(), 5.0)].into_iter().collect());
+        assert_eq!(
+            code(policy_gen(with_bias, Endpoint::Chat, &allow)),
+            Some("logit_bias_with_logprobs_not_allowed")
+        );
+        let mut with_bias = chat(Some(1));
+        with_bias.logit_bias = Some([("7".to_string(), 5.0)].into_iter().collect());
+        let trusted = ConfidencePolicy {
+            trusted: true,
+            ..allow.clone()
+        };
+        let ok = policy_gen(with_bias, Endpoint::Chat, &trusted).expect("trusted");
+        assert_eq!(ok.pipeline.logit_bias, vec![(7, 5.0)]);
+    }
+
+    #[test]
+    fn logit_bias_is_bounded() {
+        let bias = |pairs: &[(&str, f32)]| CommonParams {
+            logit_bias: Some(pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()),
+            ..Default::default()
+        };
+        let p = ConfidencePolicy {
+            max_logit_bias_entries: 2,
+            max_logit_bias: 10.0,
+            ..Default::default()
+        };
+        let ok = policy_gen(bias(&[("1", -10.0), ("2", 3.0)]), Endpoint::Chat, &p);
+        assert_eq!(
+            ok.expect("ok").pipeline.logit_bias,
+            vec![(1, -10.0), (2, 3.0)]
+        );
+        for bad in [
+            bias(&[("1", 1.0), ("2", 1.0), ("3", 1.0)]),
+            bias(&[("1", 11.0)]),
+            bias(&[("1000", 1.0)]),
+            bias(&[("x", 1.0)]),
+            bias(&[("1", 101.0)]),
+        ] {
+            let e = policy_gen(bad, Endpoint::Chat, &p).expect_err("refused");
+            assert_eq!(code_of(e).0, Some("logit_bias"));
         }
     }
 

@@ -31,7 +31,7 @@ pub use kv::{
 pub use llama::{LlamaConfig, LlamaModel, ModelError};
 
 use crate::metrics::Metrics;
-use crate::sampling::{Sampler, SamplingParams, StopMatcher};
+use crate::sampling::{LogitsPipeline, PipelineParams, SamplingParams, StopMatcher, TokenLogprob};
 use crate::tokenizer::{ModelTokenizer, StreamDecoder};
 
 /// Tokens a finished (or cancelled) sequence consumed.
@@ -57,6 +57,8 @@ pub struct GenRequest {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
+    /// `logit_bias`, penalties, watermark and logprobs (see [`crate::sampling::LogitsPipeline`]).
+    pub pipeline: PipelineParams,
     pub stop: Vec<String>,
     /// The tenant plan's KV pool budget; `None` is the server default.
     pub kv_pool_bytes: Option<u64>,
@@ -92,10 +94,13 @@ impl FinishReason {
     }
 }
 
-/// What the engine reports for one request, in order: zero or more `Text`, then `Done` or `Failed`.
+/// What the engine reports for one request, in order: zero or more `Text` (and, when logprobs
+/// were requested, one `Logprob` per generated token, sent before that token's text), then
+/// `Done` or `Failed`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     Text(String),
+    Logprob(TokenLogprob),
     Done {
         reason: FinishReason,
         prompt_tokens: usize,
@@ -210,7 +215,7 @@ struct Seq {
     events: mpsc::Sender<GenEvent>,
     on_finish: Option<Box<dyn FinishHook>>,
     cache: SeqCache,
-    sampler: Sampler,
+    pipeline: LogitsPipeline,
     stop: StopMatcher,
     decoder: StreamDecoder,
     /// Tokens to run at the next step: the prompt, then the last sampled token.
@@ -294,13 +299,18 @@ impl Seq {
     }
 
     /// Consumes the logits of the last step: samples, streams text, decides whether to go on.
-    fn on_logits(&mut self, logits: &[f32], ctx: usize, eos: Option<u32>) {
+    fn on_logits(&mut self, logits: &mut [f32], ctx: usize, eos: Option<u32>) {
         if self.completion_tokens >= self.max_tokens || self.cache.len() >= ctx {
             return self.finish(FinishReason::Length, false);
         }
-        let next = self.sampler.sample(logits);
+        let sampled = self.pipeline.step(logits);
+        let next = sampled.token;
         if Some(next) == eos {
             return self.finish(FinishReason::Stop, false);
+        }
+        if let Some(lp) = sampled.logprob {
+            // Sent before the token's text, as the API layer expects.
+            self.pending.push_back(GenEvent::Logprob(lp));
         }
         self.completion_tokens += 1;
         if let Some(text) = self.decoder.push(next) {
@@ -450,8 +460,8 @@ impl Engine {
         let ctx = self.model.config().context_length;
         let eos = self.tok.eos_id();
         match result {
-            Ok(logits) => {
-                for (s, l) in batch.iter_mut().zip(&logits) {
+            Ok(mut logits) => {
+                for (s, l) in batch.iter_mut().zip(logits.iter_mut()) {
                     let n = s.input.len().min(PREFILL_CHUNK);
                     s.kv_gauge.inc_by(n as i64);
                     s.kv_counted += n;
@@ -504,7 +514,7 @@ impl Engine {
             events: req.events,
             on_finish: Some(on_finish),
             cache: SeqCache::new(pool.clone()),
-            sampler: Sampler::new(req.sampling),
+            pipeline: LogitsPipeline::new(req.sampling, req.pipeline.clone(), &req.prompt),
             stop: StopMatcher::new(req.stop),
             decoder: self.tok.stream_decoder(),
             prompt_tokens: req.prompt.len(),

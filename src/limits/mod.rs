@@ -14,10 +14,17 @@
 //! Everything here is free of I/O; time comes from an injected [`governor::clock::Clock`], so
 //! tests drive it with [`governor::clock::FakeRelativeClock`].
 
+mod confidence;
+mod extraction;
 mod plan;
 mod rate;
 #[cfg(test)]
 mod tests;
 
+pub use confidence::{
+    ConfidencePolicy, LogprobBudget, LOGIT_BIAS_HARD_MAX_ABS, LOGIT_BIAS_HARD_MAX_ENTRIES,
+    TOP_LOGPROBS_HARD_MAX,
+};
+pub use extraction::{ExtractionMonitor, ExtractionPolicy, Observation, Signal, Signature};
 pub use plan::{Plan, PlanErrors, PlanProblem};
 pub use rate::{LimitKind, RateDenied, RateError, RateInfo, RateLimits};

@@ -8,9 +8,12 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use super::confidence::ConfidencePolicy;
+use super::extraction::ExtractionPolicy;
+
 /// Limits for one tenant. Rates are enforced by [`RateLimits`](crate::limits::RateLimits),
 /// quotas by the [`Ledger`](crate::store::Ledger), sizes at request validation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     /// Sustained requests per second.
@@ -42,6 +45,22 @@ pub struct Plan {
     /// Model ids this tenant may use; empty means every served model.
     #[serde(default)]
     pub allowed_models: Vec<String>,
+    /// What the tenant may learn of the model's probabilities (logprobs, `logit_bias`).
+    #[serde(default)]
+    pub confidence: ConfidencePolicy,
+    /// Watermark sampled completions (temperature > 0) with the server's active key.
+    #[serde(default = "yes")]
+    pub watermark: bool,
+    /// Extraction-detection thresholds and the cool-down after an alarm.
+    #[serde(default)]
+    pub extraction: ExtractionPolicy,
+    /// Input (prompt-injection) and output (PII) guards.
+    #[serde(default)]
+    pub guard: crate::guard::policy::GuardPolicy,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Plan {
@@ -99,6 +118,13 @@ impl Plan {
         if self.kv_pool_bytes == Some(0) {
             problems.push(PlanProblem::Zero("kv_pool_bytes"));
         }
+        if let Err(e) = self.guard.input.validate() {
+            problems.push(PlanProblem::Guard(e.to_string()));
+        }
+        let extraction = self.extraction.problems();
+        for (field, reason) in self.confidence.problems().into_iter().chain(extraction) {
+            problems.push(PlanProblem::Confidence { field, reason });
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -141,6 +167,17 @@ pub enum PlanProblem {
         /// Monthly quota.
         month: u64,
     },
+    /// The input guard policy is invalid.
+    #[error("guard.input: {0}")]
+    Guard(String),
+    /// A confidence-policy field is out of range.
+    #[error("{field} {reason}")]
+    Confidence {
+        /// The field, e.g. `confidence.max_top_logprobs`.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
 }
 
 /// Every problem found in a plan (never empty).
@@ -178,6 +215,10 @@ mod tests {
             max_queued: 8,
             kv_pool_bytes: None,
             allowed_models: Vec::new(),
+            confidence: ConfidencePolicy::default(),
+            watermark: true,
+            extraction: ExtractionPolicy::default(),
+            guard: Default::default(),
         }
     }
 

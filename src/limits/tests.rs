@@ -26,6 +26,10 @@ fn plan() -> Plan {
         max_queued: 4,
         kv_pool_bytes: None,
         allowed_models: Vec::new(),
+        confidence: Default::default(),
+        watermark: true,
+        extraction: Default::default(),
+        guard: Default::default(),
     }
 }
 

@@ -109,6 +109,10 @@ mod tests {
             max_queued,
             kv_pool_bytes: None,
             allowed_models: vec![],
+            confidence: Default::default(),
+            watermark: true,
+            extraction: Default::default(),
+            guard: Default::default(),
         }
     }
 

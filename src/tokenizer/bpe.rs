@@ -246,6 +246,11 @@ impl ModelTokenizer {
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
+    /// Raw bytes of a single token (OpenAI's logprob `bytes`). `None` outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.table.bytes.get(id as usize).map(|b| b.as_ref())
+    }
+
     /// End-of-sequence id (`<|im_end|>` for SmolLM2).
     pub fn eos_id(&self) -> Option<u32> {
         self.eos_id

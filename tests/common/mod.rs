@@ -112,6 +112,8 @@ signing_key = "{audit_key}"
 public_key = "{audit_pub}"
 log_id = "cloister-test"
 key_id = "{audit_kid}"
+[watermark]
+keys = "{wm_keys}"
 [plans.roomy]
 requests_per_second = 1000
 tokens_per_minute = 10000000
@@ -153,9 +155,88 @@ max_context_tokens = 8192
 max_tokens = 2048
 max_queued = 4
 allowed_models = ["some-other-model"]
+[plans.trusted]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.trusted.confidence]
+logprobs = true
+trusted = true
+max_top_logprobs = 20
+rounding = 0.0
+[plans.trusted-unmarked]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+watermark = false
+[plans.trusted-unmarked.confidence]
+logprobs = true
+trusted = true
+max_top_logprobs = 20
+rounding = 0.0
+[plans.extract]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.extract.confidence]
+logprobs = true
+[plans.extract.extraction]
+max_logprob_requests = 2
+cooldown_secs = 600
+[plans.guarded]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.guarded.guard.input]
+action_on_injection = "block"
+[plans.guarded.guard.output]
+action = "redact"
+[plans.peek]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.peek.confidence]
+logprobs = true
+[plans.budget]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.budget.confidence]
+logprobs = true
+logprob_requests_per_day = 2
 [[tenants]]
 id = "demo"
 plan = "roomy"
+[[tenants]]
+id = "insight"
+plan = "trusted"
+[[tenants]]
+id = "insight-unmarked"
+plan = "trusted-unmarked"
+[[tenants]]
+id = "extract"
+plan = "extract"
+[[tenants]]
+id = "guarded"
+plan = "guarded"
+[[tenants]]
+id = "peek"
+plan = "peek"
+[[tenants]]
+id = "budget"
+plan = "budget"
 [[tenants]]
 id = "acme"
 plan = "roomy"
@@ -180,6 +261,7 @@ plan = "other-model"
             audit_key = state.audit_key().display(),
             audit_pub = state.audit_public().display(),
             audit_kid = devstate::DEV_AUDIT_KEY_ID,
+            wm_keys = state.watermark_keys().display(),
             cert = state.tls_cert().display(),
             key = state.tls_key().display(),
             sealed = sealed.display(),

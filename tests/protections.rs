@@ -267,6 +267,29 @@ async fn sampled_completion_is_watermarked_and_detected() {
     assert!(d["p_value"].as_f64().expect("p") <= 1e-5, "{d}");
     assert_eq!(d["key_id"], cloister::devstate::DEV_WATERMARK_ID);
     assert!(d.get("secret").is_none());
+    // The detection call and the key id the completion carried are audited, the text is not.
+    let audit = audit_log_with("WatermarkDetect").await;
+    assert!(audit.contains(&format!(
+        "\"watermark_key_id\":\"{}\"",
+        cloister::devstate::DEV_WATERMARK_ID
+    )));
+    assert!(
+        !audit.contains(text.trim()),
+        "completion text in the audit log"
+    );
+}
+
+/// The fixture's audit log once it holds `event` (records are appended asynchronously).
+async fn audit_log_with(event: &str) -> String {
+    let path = &fixture().cfg.audit.path;
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(event) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{event} never reached the audit log");
 }
 
 #[tokio::test]
@@ -375,6 +398,11 @@ async fn extraction_alarm_throttles_logprob_requests() {
         !metrics.contains("Probe number"),
         "no prompt text in metrics"
     );
+    let audit = audit_log_with("ExtractionAlarm").await;
+    assert!(
+        !audit.contains("Probe number"),
+        "no prompt text in the audit log"
+    );
 }
 
 #[tokio::test]
@@ -387,6 +415,12 @@ async fn input_guard_blocks_injection_naming_the_policy_version() {
     assert!(
         msg.contains(cloister::guard::policy::POLICY_VERSION),
         "{msg}"
+    );
+    let audit = audit_log_with("GuardDecision").await;
+    assert!(audit.contains(cloister::guard::policy::POLICY_VERSION));
+    assert!(
+        !audit.contains("previous instructions"),
+        "prompt text in the audit log"
     );
     // The default action only flags: the same prompt runs for another tenant.
     let (status, _) = post("demo", "/v1/chat/completions", body).await;

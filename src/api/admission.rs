@@ -52,6 +52,7 @@ pub struct Admitted {
 #[derive(Debug)]
 struct Settlement {
     request_id: String,
+    watermark_key_id: Option<String>,
     gate: Gate,
     tenant: Arc<Tenant>,
     reservation: Reservation,
@@ -179,6 +180,7 @@ impl Gate {
             },
             settle: Some(Settlement {
                 request_id: request_id.clone(),
+                watermark_key_id: None,
                 gate: self.clone(),
                 tenant: Arc::clone(tenant),
                 reservation,
@@ -191,6 +193,14 @@ impl Gate {
 }
 
 impl Admitted {
+    /// Records which watermark key the completion carries (for the audit record).
+    pub fn with_watermark(mut self, key_id: Option<String>) -> Self {
+        if let Some(s) = self.settle.as_mut() {
+            s.watermark_key_id = key_id;
+        }
+        self
+    }
+
     /// Hands settlement to the engine: it runs when the sequence ends, however it ends.
     pub fn into_finish_hook(mut self) -> Box<dyn FinishHook> {
         Box::new(FinishSettlement(self.settle.take()))
@@ -257,7 +267,10 @@ impl Settlement {
             prompt_tokens: u32::try_from(u.prompt_tokens).unwrap_or(u32::MAX),
             completion_tokens: u32::try_from(u.completion_tokens).unwrap_or(u32::MAX),
             finish_reason,
-            watermark_key_id: None,
+            watermark_key_id: self
+                .watermark_key_id
+                .as_ref()
+                .and_then(|id| audit::KeyId::new(id.clone()).ok()),
         });
     }
 

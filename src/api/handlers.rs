@@ -22,12 +22,14 @@ use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
 use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGeneration};
 use crate::api::AppState;
+use crate::audit::{self, AuditEvent, GuardAction as AuditGuardAction};
 use crate::auth::Scope;
 use crate::engine::{GenEvent, GenRequest};
 use crate::guard::injection::check_input;
 use crate::guard::pii::{check_output, PiiMatch};
 use crate::guard::policy::{GuardAction, OutputAction, POLICY_VERSION};
 use crate::guard::stream::StreamRedactor;
+use crate::limits::Signal;
 use crate::metrics::{ExtractionLabels, Metrics, RequestLabels};
 use crate::sampling::{TokenLogprob, WatermarkSpec};
 use crate::tenant::Tenant;
@@ -321,7 +323,8 @@ async fn respond(
     let admitted = app
         .gate
         .admit(tenant, valid.prompt_ids.len() + valid.max_tokens)
-        .await?;
+        .await?
+        .with_watermark(watermark_id.clone());
     let rate = admitted.rate;
     let (tx, rx) = mpsc::channel(EVENT_BUFFER);
     let meta = Meta {
@@ -380,12 +383,26 @@ fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiErr
     match decision.action {
         GuardAction::Allow => Ok(()),
         GuardAction::Flag => {
+            audit_guard(
+                app,
+                &tenant.id,
+                "input",
+                AuditGuardAction::Flag,
+                decision.score,
+            );
             app.gate.metrics.guard(&tenant.id, "prompt_flagged");
             tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
                 score = decision.score, signals = ?ids, "prompt flagged by the input guard");
             Ok(())
         }
         GuardAction::Block => {
+            audit_guard(
+                app,
+                &tenant.id,
+                "input",
+                AuditGuardAction::Block,
+                decision.score,
+            );
             app.gate.metrics.guard(&tenant.id, "prompt_blocked");
             tracing::warn!(tenant = %tenant.id, policy = decision.policy_version,
                 score = decision.score, signals = ?ids, "prompt blocked by the input guard");
@@ -398,6 +415,27 @@ fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiErr
                 code: Some("prompt_rejected"),
             })
         }
+    }
+}
+
+/// Audits a guard decision: which guard, what it did, the policy version and the score —
+/// never the text it looked at.
+fn audit_guard(app: &AppState, tenant: &str, guard: &str, action: AuditGuardAction, score: f32) {
+    let ids = (
+        audit::RequestId::new(hex::encode(rand::random::<[u8; 12]>())),
+        audit::TenantId::new(tenant),
+        audit::Label::new(guard),
+        audit::Label::new(POLICY_VERSION),
+    );
+    if let (Ok(request_id), Ok(tenant), Ok(guard), Ok(policy_version)) = ids {
+        app.gate.audit.record(AuditEvent::GuardDecision {
+            request_id,
+            tenant,
+            guard,
+            action,
+            policy_version,
+            score_milli: (score.clamp(0.0, 1.0) * 1000.0) as u32,
+        });
     }
 }
 
@@ -441,6 +479,22 @@ fn watch_extraction(
         }
     };
     for signal in alarms {
+        // The alarm fires when the window's count first exceeds the threshold.
+        let (value, threshold) = match signal {
+            Signal::LogprobVolume => (policy.max_logprob_requests + 1, policy.max_logprob_requests),
+            Signal::NearDuplicates => (policy.max_near_duplicates + 1, policy.max_near_duplicates),
+        };
+        if let (Ok(t), Ok(sig)) = (
+            audit::TenantId::new(tenant.id.clone()),
+            audit::Label::new(signal.as_str()),
+        ) {
+            app.gate.audit.record(AuditEvent::ExtractionAlarm {
+                tenant: t,
+                signal: sig,
+                value: u64::from(value),
+                threshold: u64::from(threshold),
+            });
+        }
         app.gate
             .metrics
             .extraction_alarms

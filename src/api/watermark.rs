@@ -78,6 +78,7 @@ pub async fn detect(
     let params = WatermarkParams::default();
     // ~2 HMACs per token (bounded by the text limit): off the async workers all the same.
     let owned: Vec<WatermarkKey> = keys.into_iter().cloned().collect();
+    let keys_tested: Vec<String> = owned.iter().map(|k| k.id().to_string()).collect();
     let found = tokio::task::spawn_blocking(move || {
         let refs: Vec<&WatermarkKey> = owned.iter().collect();
         detect_any(&refs, &params, &tokens)
@@ -86,6 +87,22 @@ pub async fn detect(
     .map_err(|_| ApiError::Internal)?
     .map_err(|_| ApiError::Internal)?;
     let detected = found.is_watermarked(DEFAULT_THRESHOLD);
+    let tested: Vec<crate::audit::KeyId> = keys_tested
+        .iter()
+        .filter_map(|id| crate::audit::KeyId::new(id.clone()).ok())
+        .collect();
+    if let (Ok(tenant), Ok(key_ids)) = (
+        crate::audit::TenantId::new(caller.tenant.id.clone()),
+        crate::audit::KeyIds::new(tested),
+    ) {
+        app.gate
+            .audit
+            .record(crate::audit::AuditEvent::WatermarkDetect {
+                tenant,
+                key_ids,
+                detected,
+            });
+    }
     tracing::info!(
         tenant = %caller.tenant.id,
         keys_tested = found.keys_tested,

@@ -86,7 +86,7 @@ fn default_retention_days() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWatermark {
-    /// Watermark keyring file (0600; created by `cloister init`).
+    /// Watermark keyring file (0600; created by `cloister keys init`).
     keys: PathBuf,
 }
 

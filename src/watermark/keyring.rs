@@ -1,6 +1,6 @@
 //! The watermark keyring: the live keys (rotation) and which one signs new completions.
 //!
-//! Stored as JSON in a 0600 file created by `cloister init` (`devstate`):
+//! Stored as JSON in a 0600 file created by `cloister keys init` (`devstate`):
 //! `{"active": "<id>", "keys": [{"id": "<id>", "secret": "<64 hex chars>"}]}`. Pure: parsing and
 //! serialising only; the file is read by the server and the CLI.
 

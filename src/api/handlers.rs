@@ -17,7 +17,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::api::dto::{ChatRequest, CompletionRequest};
+use crate::api::dto::{ChatRequest, CommonParams, CompletionRequest};
 use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
 use crate::api::validate::{self, Endpoint, ModelBounds, RequestLimits, ValidGeneration};
@@ -48,28 +48,11 @@ pub async fn completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
-        let shingle_text = prompt.clone();
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
             })?;
-        let (ctx, limits) = effective_limits(&app, &caller.tenant);
-        let valid = validate::generation(
-            req.params,
-            ids,
-            ModelBounds {
-                context_length: ctx,
-                vocab_size: app.model.tokenizer.vocab_size(),
-            },
-            &limits,
-            Endpoint::Completions,
-            &caller.tenant.plan.confidence,
-            rand::thread_rng().gen(),
-        )?;
-        // After the schema and context checks, so those errors keep their precedence.
-        input_guard(&app, &caller.tenant, &shingle_text)?;
-        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
-        respond(&app, &caller.tenant, valid, Kind::Completion).await
+        generate(&app, &caller, req.params, ids, &prompt, Kind::Completion).await
     }
     .await;
     count(&app, &caller.tenant, "completions", &result);
@@ -85,7 +68,7 @@ pub async fn chat_completions(
         caller.principal.require(Scope::Inference)?;
         app.check_model(&caller.tenant, &req.model)?;
         let messages = validate::chat_messages(req.messages, &app.limits)?;
-        let shingle_text = messages
+        let text = messages
             .iter()
             .map(|m| m.content.as_str())
             .collect::<Vec<_>>()
@@ -97,27 +80,44 @@ pub async fn chat_completions(
             .map_err(|_| {
                 ApiError::invalid("the messages could not be rendered", Some("messages"))
             })?;
-        let (ctx, limits) = effective_limits(&app, &caller.tenant);
-        let valid = validate::generation(
-            req.params,
-            ids,
-            ModelBounds {
-                context_length: ctx,
-                vocab_size: app.model.tokenizer.vocab_size(),
-            },
-            &limits,
-            Endpoint::Chat,
-            &caller.tenant.plan.confidence,
-            rand::thread_rng().gen(),
-        )?;
-        // After the schema and context checks, so those errors keep their precedence.
-        input_guard(&app, &caller.tenant, &shingle_text)?;
-        watch_extraction(&app, &caller.tenant, &shingle_text, &valid)?;
-        respond(&app, &caller.tenant, valid, Kind::Chat).await
+        generate(&app, &caller, req.params, ids, &text, Kind::Chat).await
     }
     .await;
     count(&app, &caller.tenant, "chat_completions", &result);
     result
+}
+
+/// What both endpoints do once the prompt is tokenized: validate against the tenant's plan,
+/// run the input guard and extraction watch on the user text, then generate.
+async fn generate(
+    app: &AppState,
+    caller: &Caller,
+    params: CommonParams,
+    ids: Vec<u32>,
+    user_text: &str,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let (ctx, limits) = effective_limits(app, &caller.tenant);
+    let endpoint = match kind {
+        Kind::Completion => Endpoint::Completions,
+        Kind::Chat => Endpoint::Chat,
+    };
+    let valid = validate::generation(
+        params,
+        ids,
+        ModelBounds {
+            context_length: ctx,
+            vocab_size: app.model.tokenizer.vocab_size(),
+        },
+        &limits,
+        endpoint,
+        &caller.tenant.plan.confidence,
+        rand::thread_rng().gen(),
+    )?;
+    // After the schema and context checks, so those errors keep their precedence.
+    input_guard(app, &caller.tenant, user_text)?;
+    watch_extraction(app, &caller.tenant, user_text, &valid)?;
+    respond(app, &caller.tenant, valid, kind).await
 }
 
 /// The context window and request bounds for `tenant`: the server's, narrowed by the plan.

@@ -8,6 +8,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
 COPY kernels ./kernels
+# build.rs is left out on purpose: it only compiles the kernels as host C++ for the tests.
 RUN cargo build --release --locked --bin cloister
 
 FROM debian:bookworm-slim

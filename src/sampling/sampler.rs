@@ -54,12 +54,14 @@ impl Sampler {
                 .enumerate()
                 .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())),
         );
-        // Highest probability first; ties by id so the order never depends on sort stability.
-        self.scratch
-            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: f32 = self.scratch.iter().map(|p| p.1).sum();
         let mut keep = self.scratch.len();
+        // Only nucleus sampling needs the candidates in order; without it the draw walks the
+        // vocabulary in id order (same distribution, no O(n log n) sort per token).
         if self.params.top_p < 1.0 {
+            // Highest probability first; ties by id so the order never depends on sort stability.
+            self.scratch
+                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             let target = self.params.top_p * total;
             let mut acc = 0.0;
             for (i, p) in self.scratch.iter().enumerate() {

@@ -235,8 +235,11 @@ async fn complete(tenant: &str, temperature: f32, seed: i64) -> (Option<String>,
         .post(format!("{}/v1/completions", server().url))
         .bearer_auth(token)
         .json(
+            // End-of-text (id 2) is suppressed so every sample is the full 200 tokens: the
+            // watermark's power depends on length, and the key is random per run.
             &json!({"model": MODEL_ID, "prompt": "Once upon a time, in a small village by the sea,",
-                      "max_tokens": 200, "temperature": temperature, "seed": seed}),
+                      "max_tokens": 200, "temperature": temperature, "seed": seed,
+                      "logit_bias": {"2": -100}}),
         )
         .send()
         .await
@@ -263,6 +266,7 @@ async fn sampled_completion_is_watermarked_and_detected() {
     );
     let (status, d) = detect("demo", &text).await;
     assert_eq!(status, 200, "{d}");
+    println!("detection of a 200-token sample: {d}");
     assert_eq!(d["detected"], true, "{d}");
     assert!(d["p_value"].as_f64().expect("p") <= 1e-5, "{d}");
     assert_eq!(d["key_id"], cloister::devstate::DEV_WATERMARK_ID);

@@ -352,10 +352,13 @@ impl<C: Clock + Clone> RateLimits<C> {
     pub fn refund_tokens(&self, tenant: &str, n: u32) -> Result<RateInfo, RateError> {
         let t = self.tenant(tenant)?;
         let limit = t.params.token_burst.get();
-        let mut st = t.credit.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = t.credit.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
-        let clamp = deficit_at(&st.last, now, t.token_interval, true);
-        st.credit = st.credit.saturating_add(n).min(clamp);
+        // Refund credit is disabled: the property test `refunds_never_exceed_the_gcra_envelope`
+        // found windows where credit let one token more through than GCRA allows. Until the
+        // credit accounting is fixed, unused tokens are not returned to the rate bucket (the
+        // quota ledger still refunds them), so the limit errs on the tenant's side of strict.
+        let _ = n;
         let deficit = deficit_at(&st.last, now, t.token_interval, false);
         Ok(token_info(limit, deficit, st.credit, t.token_interval))
     }

@@ -4,35 +4,18 @@
 //! Run: `cargo bench --bench decode` (optional env `THREADS`). Numbers are the best of a few
 //! rounds: the build machines are shared.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
-use std::sync::Arc;
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use cloister::engine::{LlamaModel, SeqCache};
-use cloister::model::fetch;
 use cloister::sampling::argmax;
-use cloister::securemem::{LockPolicy, LockedRegion};
+use cloister::securemem::LockPolicy;
 
 fn load(threads: usize) -> LlamaModel {
-    let path = fetch::demo_model(&fetch::default_cache_dir()).expect("demo model");
-    let mut f = BufReader::new(File::open(&path).expect("open gguf"));
-    let ct = gguf_file::Content::read(&mut f).expect("gguf header");
-    let total = std::fs::metadata(&path).expect("meta").len() as usize;
-    let mut region = LockedRegion::new(
-        total - ct.tensor_data_offset as usize,
-        LockPolicy::BestEffort,
-    )
-    .expect("region");
-    let mut f = File::open(&path).expect("open");
-    std::io::copy(
-        &mut (&mut f).take(ct.tensor_data_offset),
-        &mut std::io::sink(),
-    )
-    .expect("skip");
-    f.read_exact(region.as_mut_slice()).expect("read tensors");
-    LlamaModel::load_with_threads(&ct, Arc::new(region), threads).expect("model")
+    support::plaintext::load_plaintext(&support::demo_gguf(), LockPolicy::BestEffort, Some(threads))
+        .1
 }
 
 /// Decodes `steps` tokens for `batch` sequences (prompt `prompt_len` each); returns

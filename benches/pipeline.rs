@@ -4,38 +4,23 @@
 //!
 //! Run: `cargo bench --bench pipeline`
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
 use cloister::engine::{LlamaModel, SeqCache};
-use cloister::model::fetch;
 use cloister::sampling::{
-    LogitsPipeline, LogprobSpec, PipelineParams, SamplingParams, WatermarkSpec,
+    LogitsPipeline, LogprobSpec, NoiseSecret, PipelineParams, SamplingParams, WatermarkSpec,
 };
-use cloister::securemem::{LockPolicy, LockedRegion};
+use cloister::securemem::LockPolicy;
 use cloister::watermark::{WatermarkKey, WatermarkParams};
 
 const STEPS: usize = 64;
 
 fn load() -> LlamaModel {
-    let path = fetch::demo_model(&fetch::default_cache_dir()).expect("demo model");
-    let mut f = BufReader::new(File::open(&path).expect("open"));
-    let ct = gguf_file::Content::read(&mut f).expect("gguf header");
-    let total = std::fs::metadata(&path).expect("meta").len() as usize;
-    let mut region =
-        LockedRegion::new(total - ct.tensor_data_offset as usize, LockPolicy::Required)
-            .expect("lock");
-    let mut f = File::open(&path).expect("open");
-    std::io::copy(
-        &mut (&mut f).take(ct.tensor_data_offset),
-        &mut std::io::sink(),
-    )
-    .expect("skip");
-    f.read_exact(region.as_mut_slice()).expect("read tensors");
-    LlamaModel::load(&ct, Arc::new(region)).expect("model")
+    support::plaintext::load_plaintext(&support::demo_gguf(), LockPolicy::Required, None).1
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -80,10 +65,11 @@ fn main() {
                     params: WatermarkParams::default(),
                 }),
                 logprobs: None,
+                noise_key: None,
             },
         ),
         (
-            "all + logprobs (top 20)",
+            "all + logprobs (top 20, noise)",
             PipelineParams {
                 logit_bias: vec![(42, -5.0), (7, 3.0)],
                 frequency_penalty: 0.5,
@@ -95,25 +81,35 @@ fn main() {
                 logprobs: Some(LogprobSpec {
                     top: 20,
                     rounding: Some(0.1),
+                    noise: Some(0.2),
                 }),
+                noise_key: Some(NoiseSecret::new([9; 32]).key_for("bench", &prompt)),
             },
         ),
     ];
     println!("decode step (median of {STEPS}): {:.3} ms", decode * 1e3);
     println!(
-        "{:<38} {:>10} {:>12}",
-        "pipeline", "ms/token", "% of decode"
+        "{:<38} {:>7} {:>10} {:>12}",
+        "pipeline", "top_p", "ms/token", "% of decode"
     );
     for (name, params) in configs {
-        let mut p = LogitsPipeline::new(sampling, params, &prompt);
-        let mut times = Vec::new();
-        for l in &all_logits {
-            let mut l = l.clone();
-            let t = Instant::now();
-            std::hint::black_box(p.step(&mut l));
-            times.push(t.elapsed().as_secs_f64());
+        // top_p 1 is the API default (no nucleus cut); 0.95 adds the nucleus selection.
+        for top_p in [1.0, 0.95] {
+            let sampling = SamplingParams { top_p, ..sampling };
+            let mut p = LogitsPipeline::new(sampling, params.clone(), &prompt);
+            let mut times = Vec::new();
+            for l in &all_logits {
+                let mut l = l.clone();
+                let t = Instant::now();
+                std::hint::black_box(p.step(&mut l));
+                times.push(t.elapsed().as_secs_f64());
+            }
+            let m = median(times);
+            println!(
+                "{name:<38} {top_p:>7} {:>10.4} {:>11.2}%",
+                m * 1e3,
+                100.0 * m / decode
+            );
         }
-        let m = median(times);
-        println!("{name:<38} {:>10.4} {:>11.2}%", m * 1e3, 100.0 * m / decode);
     }
 }

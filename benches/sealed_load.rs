@@ -12,11 +12,10 @@
 mod support;
 
 use std::fs::File;
-use std::io::{BufReader, Cursor, Read};
+use std::io::{BufReader, Cursor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file;
 use cloister::engine::LlamaModel;
 use cloister::model::{self, open_sealed};
 use cloister::seal::SealedFile;
@@ -26,23 +25,12 @@ use cloister::tokenizer::{ChatTemplate, ModelTokenizer};
 const ROUNDS: usize = 5;
 
 fn plaintext_load(path: &std::path::Path) -> Arc<LlamaModel> {
-    let mut f = BufReader::with_capacity(1 << 20, File::open(path).expect("open gguf"));
-    let ct = gguf_file::Content::read(&mut f).expect("gguf header");
-    let total = std::fs::metadata(path).expect("meta").len() as usize;
-    let mut region =
-        LockedRegion::new(total - ct.tensor_data_offset as usize, LockPolicy::Required)
-            .expect("lock");
-    let mut f = File::open(path).expect("open");
-    std::io::copy(
-        &mut (&mut f).take(ct.tensor_data_offset),
-        &mut std::io::sink(),
-    )
-    .expect("skip");
-    f.read_exact(region.as_mut_slice()).expect("read tensors");
+    let (ct, model) = support::plaintext::load_plaintext(path, LockPolicy::Required, None);
+    // The sealed path builds the tokenizer and chat template too: same work on both sides.
     let spec = model::tokenizer_spec(&ct).expect("spec");
     let _tok = ModelTokenizer::from_spec(&spec).expect("tokenizer");
     let _chat = ChatTemplate::from_spec(&spec).expect("chat");
-    Arc::new(LlamaModel::load(&ct, Arc::new(region)).expect("model"))
+    Arc::new(model)
 }
 
 fn best(times: &[Duration]) -> f64 {

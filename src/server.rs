@@ -202,6 +202,9 @@ pub async fn start(
         logprob_budget: Arc::default(),
         extraction: Arc::default(),
         watermark,
+        logprob_noise: Arc::new(crate::sampling::NoiseSecret::generate(
+            &mut rand::rngs::OsRng,
+        )),
         gate: Gate {
             rates,
             ledger,

@@ -16,15 +16,15 @@
 //! - `rank_finder_recovers_a_planted_rank` (normal run): the same rank finder on a synthetic
 //!   matrix of known rank, so the attack code is checked on every run.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+#[path = "../benches/support/plaintext.rs"]
+mod plaintext;
+
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file;
 use cloister::engine::{LlamaModel, SeqCache};
 use cloister::model::fetch;
 use cloister::sampling::log_softmax;
-use cloister::securemem::{LockPolicy, LockedRegion};
+use cloister::securemem::LockPolicy;
 use rand::{Rng, SeedableRng};
 
 /// Householder QR with column pivoting of a row-major `rows × cols` matrix; returns |R_kk|.
@@ -102,20 +102,7 @@ fn rank_finder_recovers_a_planted_rank() {
 
 fn load_plaintext_model() -> Arc<LlamaModel> {
     let path = fetch::demo_model(&fetch::default_cache_dir()).expect("demo model");
-    let mut f = BufReader::new(File::open(&path).expect("open"));
-    let ct = gguf_file::Content::read(&mut f).expect("gguf header");
-    let total = std::fs::metadata(&path).expect("meta").len() as usize;
-    let mut region =
-        LockedRegion::new(total - ct.tensor_data_offset as usize, LockPolicy::Required)
-            .expect("lock");
-    let mut f = File::open(&path).expect("open");
-    std::io::copy(
-        &mut (&mut f).take(ct.tensor_data_offset),
-        &mut std::io::sink(),
-    )
-    .expect("skip");
-    f.read_exact(region.as_mut_slice()).expect("read tensors");
-    Arc::new(LlamaModel::load(&ct, Arc::new(region)).expect("model"))
+    Arc::new(plaintext::load_plaintext(&path, LockPolicy::Required, None).1)
 }
 
 #[test]

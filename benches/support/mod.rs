@@ -1,6 +1,8 @@
 //! Set-up shared by the bench binaries: the verified demo model and fresh dev keys.
 #![allow(dead_code)]
 
+pub mod plaintext;
+
 use std::path::{Path, PathBuf};
 
 use cloister::devstate::{self, StatePaths};

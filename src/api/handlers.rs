@@ -319,6 +319,7 @@ async fn respond(
     };
     if valid.pipeline.logprobs.is_some() {
         take_logprob_budget(app, tenant)?;
+        valid.pipeline.noise_key = Some(app.logprob_noise.key_for(&tenant.id, &valid.prompt_ids));
     }
     let admitted = app
         .gate

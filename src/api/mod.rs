@@ -59,6 +59,8 @@ pub struct AppState {
     pub extraction: Arc<std::sync::Mutex<crate::limits::ExtractionMonitor>>,
     /// Watermark keys (`None`: not configured, nothing is watermarked).
     pub watermark: Option<Arc<crate::watermark::WatermarkKeyring>>,
+    /// Secret behind the per-request logprob noise keys (drawn at start).
+    pub logprob_noise: Arc<crate::sampling::NoiseSecret>,
     pub gate: Gate,
     pub ops: Arc<Ops>,
 }

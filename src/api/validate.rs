@@ -290,6 +290,7 @@ pub fn generation(
             presence_penalty: params.presence_penalty.unwrap_or(0.0),
             watermark: None,
             logprobs,
+            noise_key: None,
         },
         stop,
         stream,
@@ -370,6 +371,7 @@ fn logprob_spec(
     Ok(Some(LogprobSpec {
         top: usize::try_from(top).unwrap_or(0),
         rounding: policy.rounding_step(),
+        noise: policy.noise_scale(),
     }))
 }
 
@@ -572,7 +574,8 @@ mod tests {
             ok.pipeline.logprobs,
             Some(LogprobSpec {
                 top: 5,
-                rounding: Some(0.1)
+                rounding: Some(0.1),
+                noise: None,
             })
         );
         assert_eq!(

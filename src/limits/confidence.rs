@@ -31,6 +31,9 @@ pub struct ConfidencePolicy {
     pub max_top_logprobs: u8,
     /// Returned logprobs are rounded to a multiple of this many nats; 0 = exact.
     pub rounding: f32,
+    /// Scale (nats) of keyed Laplace noise added to returned logprobs before rounding; 0 = none.
+    /// The noise is a function of the prompt, so repeating a request cannot average it away.
+    pub noise: f32,
     /// Trusted tenants may combine `logit_bias` with logprobs (the Carlini et al. route).
     pub trusted: bool,
     /// Most `logit_bias` entries per request (≤ 300).
@@ -47,6 +50,7 @@ impl Default for ConfidencePolicy {
             logprobs: false,
             max_top_logprobs: 5,
             rounding: 0.1,
+            noise: 0.0,
             trusted: false,
             max_logit_bias_entries: LOGIT_BIAS_HARD_MAX_ENTRIES,
             max_logit_bias: LOGIT_BIAS_HARD_MAX_ABS,
@@ -64,6 +68,9 @@ impl ConfidencePolicy {
         }
         if !(self.rounding >= 0.0 && self.rounding <= 10.0) {
             out.push(("confidence.rounding", "must be between 0 and 10 nats"));
+        }
+        if !(self.noise >= 0.0 && self.noise <= 10.0) {
+            out.push(("confidence.noise", "must be between 0 and 10 nats"));
         }
         if self.max_logit_bias_entries > LOGIT_BIAS_HARD_MAX_ENTRIES {
             out.push(("confidence.max_logit_bias_entries", "must be at most 300"));
@@ -83,6 +90,11 @@ impl ConfidencePolicy {
     /// The rounding step for the pipeline (`None` = exact).
     pub fn rounding_step(&self) -> Option<f32> {
         (self.rounding > 0.0).then_some(self.rounding)
+    }
+
+    /// The noise scale for the pipeline (`None` = no noise).
+    pub fn noise_scale(&self) -> Option<f32> {
+        (self.noise > 0.0).then_some(self.noise)
     }
 }
 

@@ -12,11 +12,12 @@
 //! `logit_bias` or of the secret watermark (a client could otherwise difference them out to
 //! learn the green list or exact logits). They describe the model, not the sampler.
 //!
-//! Pure: no I/O, no clock; randomness is the seeded sampler's.
+//! Pure: no I/O, no clock; randomness is the seeded sampler's and the keyed logprob noise's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::sampling::noise::NoiseKey;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::watermark::{apply_bias, WatermarkKey, WatermarkParams};
 
@@ -30,6 +31,9 @@ pub struct LogprobSpec {
     pub top: usize,
     /// Returned values are rounded to a multiple of this many nats (`None` = exact).
     pub rounding: Option<f32>,
+    /// Scale (nats) of the keyed Laplace noise added before rounding (`None` = none). Applied
+    /// only when [`PipelineParams::noise_key`] is set.
+    pub noise: Option<f32>,
 }
 
 /// The watermark to embed: a key and the scheme parameters.
@@ -49,6 +53,8 @@ pub struct PipelineParams {
     /// Applied only when sampling (temperature > 0): greedy output carries no soft watermark.
     pub watermark: Option<WatermarkSpec>,
     pub logprobs: Option<LogprobSpec>,
+    /// The request's noise key (set by the server, never by the client).
+    pub noise_key: Option<NoiseKey>,
 }
 
 /// Log-probability of one token, from the raw (unbiased) distribution.
@@ -76,6 +82,8 @@ pub struct LogitsPipeline {
     context: Vec<u32>,
     /// Occurrences of each generated token (penalties).
     counts: HashMap<u32, u32>,
+    /// Tokens generated so far (the logprob noise's position).
+    position: u64,
 }
 
 impl LogitsPipeline {
@@ -87,6 +95,7 @@ impl LogitsPipeline {
             params,
             context: prompt[tail..].to_vec(),
             counts: HashMap::new(),
+            position: 0,
         }
     }
 
@@ -98,7 +107,15 @@ impl LogitsPipeline {
     /// Runs one step over `logits` (modified in place: they are consumed) and records the
     /// chosen token in the sequence history.
     pub fn step(&mut self, logits: &mut [f32]) -> Step {
-        let snapshot = self.params.logprobs.map(|spec| Snapshot::new(logits, spec));
+        let noise = self
+            .params
+            .noise_key
+            .as_ref()
+            .map(|key| (key, self.position));
+        let snapshot = self
+            .params
+            .logprobs
+            .map(|spec| Snapshot::new(logits, spec, noise));
         for &(id, bias) in &self.params.logit_bias {
             if let Some(l) = logits.get_mut(id as usize) {
                 *l += bias;
@@ -135,6 +152,7 @@ impl LogitsPipeline {
             self.context.remove(0);
         }
         self.context.push(token);
+        self.position += 1;
     }
 }
 
@@ -142,31 +160,60 @@ impl LogitsPipeline {
 struct Snapshot {
     /// `max + ln Σ exp(l − max)`: `logprob(j) = l[j] − lse`.
     lse: f64,
-    spec: LogprobSpec,
     top: Vec<(u32, f32)>,
     /// The raw logits are overwritten by the later stages; keep what `for_token` needs.
     raw: Vec<f32>,
+    release: Release,
+}
+
+/// How a raw logprob becomes a returned one: noise (if any), then rounding.
+#[derive(Clone)]
+struct Release {
+    rounding: Option<f32>,
+    noise: Option<(NoiseKey, f32, u64)>,
+}
+
+impl Release {
+    fn value(&self, raw: f32, token: u32) -> f32 {
+        match &self.noise {
+            Some((key, scale, position)) if raw.is_finite() => {
+                let noisy = raw + key.laplace(*scale, *position, token);
+                // A released value stays a logprob: never above 0.
+                round(noisy, self.rounding).min(0.0)
+            }
+            _ => round(raw, self.rounding),
+        }
+    }
 }
 
 impl Snapshot {
-    fn new(logits: &[f32], spec: LogprobSpec) -> Self {
+    fn new(logits: &[f32], spec: LogprobSpec, noise: Option<(&NoiseKey, u64)>) -> Self {
+        let release = Release {
+            rounding: spec.rounding,
+            noise: spec
+                .noise
+                .zip(noise)
+                .map(|(scale, (key, position))| (key.clone(), scale, position)),
+        };
         let lse = log_sum_exp(logits);
         let top = top_k(logits, spec.top)
             .into_iter()
-            .map(|id| (id, round(logprob(logits, id, lse), spec.rounding)))
+            .map(|id| (id, release.value(logprob(logits, id, lse), id)))
             .collect();
         Snapshot {
             lse,
-            spec,
             top,
             raw: logits.to_vec(),
+            release,
         }
     }
 
     fn for_token(self, token: u32) -> TokenLogprob {
         TokenLogprob {
             token,
-            logprob: round(logprob(&self.raw, token, self.lse), self.spec.rounding),
+            logprob: self
+                .release
+                .value(logprob(&self.raw, token, self.lse), token),
             top: self.top,
         }
     }
@@ -256,6 +303,7 @@ mod tests {
         Some(LogprobSpec {
             top,
             rounding: None,
+            noise: None,
         })
     }
 
@@ -385,6 +433,7 @@ mod tests {
                 logprobs: Some(LogprobSpec {
                     top: 0,
                     rounding: Some(0.1),
+                    noise: None,
                 }),
                 ..Default::default()
             },
@@ -415,5 +464,48 @@ mod tests {
             crate::sampling::argmax(&raw)
         );
         assert!(LogitsPipeline::new(sampling(0.7), wm, &[]).watermarked());
+    }
+
+    #[test]
+    fn noise_moves_returned_logprobs_deterministically_and_keeps_the_grid() {
+        let raw = random_logits(8, 1000);
+        let exact = log_softmax(&raw);
+        let secret = crate::sampling::NoiseSecret::new([3; 32]);
+        let run = |tenant: &str| {
+            let mut p = LogitsPipeline::new(
+                sampling(0.0),
+                PipelineParams {
+                    logprobs: Some(LogprobSpec {
+                        top: 5,
+                        rounding: Some(0.1),
+                        noise: Some(0.5),
+                    }),
+                    noise_key: Some(secret.key_for(tenant, &[1, 2])),
+                    ..Default::default()
+                },
+                &[1, 2],
+            );
+            (0..4)
+                .map(|_| p.step(&mut raw.clone()).logprob.expect("lp"))
+                .collect::<Vec<_>>()
+        };
+        let a = run("acme");
+        assert_eq!(a, run("acme"), "same request, same noise");
+        assert_ne!(a, run("demo"), "other key, other noise");
+        let mut moved = 0;
+        for lp in &a {
+            for &(id, v) in &lp.top {
+                let tenths = v * 10.0;
+                assert!((tenths - tenths.round()).abs() < 1e-3 && v <= 0.0, "{v}");
+                if (v - exact[id as usize]).abs() > 0.05 {
+                    moved += 1;
+                }
+            }
+        }
+        // Laplace(0.5) moves a value by more than half a rounding step with probability
+        // e^(-0.1) ≈ 0.9; 20 values that all stayed put would mean no noise was added.
+        assert!(moved >= 10, "only {moved} of 20 values moved");
+        // Positions differ: the same raw logits at two steps get different noise.
+        assert_ne!(a[0].top, a[1].top);
     }
 }

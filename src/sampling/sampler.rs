@@ -57,20 +57,9 @@ impl Sampler {
         let total: f32 = self.scratch.iter().map(|p| p.1).sum();
         let mut keep = self.scratch.len();
         // Only nucleus sampling needs the candidates in order; without it the draw walks the
-        // vocabulary in id order (same distribution, no O(n log n) sort per token).
+        // vocabulary in id order (same distribution, no sort per token).
         if self.params.top_p < 1.0 {
-            // Highest probability first; ties by id so the order never depends on sort stability.
-            self.scratch
-                .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            let target = self.params.top_p * total;
-            let mut acc = 0.0;
-            for (i, p) in self.scratch.iter().enumerate() {
-                acc += p.1;
-                if acc >= target {
-                    keep = i + 1;
-                    break;
-                }
-            }
+            keep = nucleus(&mut self.scratch, self.params.top_p * total);
         }
         let kept = &self.scratch[..keep];
         let mass: f32 = kept.iter().map(|p| p.1).sum();
@@ -82,6 +71,35 @@ impl Sampler {
             r -= p;
         }
         kept.last().map_or(0, |p| p.0)
+    }
+}
+
+/// Moves the nucleus (the fewest most probable candidates whose mass reaches `target`) to the
+/// front of `c`, most probable first (ties: lower id first), and returns its length.
+///
+/// The nucleus is usually a few dozen tokens out of 49,152, so instead of sorting the whole
+/// vocabulary per token this selects the top `k` in O(n), sorts only those, and grows `k`
+/// fourfold until their mass reaches `target`. The prefix it returns is exactly the prefix of
+/// a full sort (the order is total), so the draw is unchanged.
+fn nucleus(c: &mut [(u32, f32)], target: f32) -> usize {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut k = c.len().min(64);
+    loop {
+        if k < c.len() {
+            c.select_nth_unstable_by(k - 1, order);
+        }
+        c[..k].sort_unstable_by(order);
+        let mut acc = 0.0;
+        for (i, p) in c[..k].iter().enumerate() {
+            acc += p.1;
+            if acc >= target {
+                return i + 1;
+            }
+        }
+        if k == c.len() {
+            return k;
+        }
+        k = c.len().min(k * 4);
     }
 }
 
@@ -133,6 +151,34 @@ mod tests {
         assert!((0..200).all(|_| s.sample(&logits) == 0));
         let mut s = Sampler::new(params(1.0, 1.0, 3));
         assert!((0..500).any(|_| s.sample(&logits) != 0));
+    }
+
+    #[test]
+    fn nucleus_equals_the_prefix_of_a_full_sort() {
+        use rand::Rng;
+        let mut rng = ChaCha12Rng::seed_from_u64(5);
+        for &(n, spread) in &[(10usize, 1.0f32), (3000, 0.1), (3000, 8.0), (50_000, 3.0)] {
+            let probs: Vec<(u32, f32)> = (0..n as u32)
+                .map(|i| (i, rng.gen_range(-spread..spread).exp()))
+                .collect();
+            let total: f32 = probs.iter().map(|p| p.1).sum();
+            for top_p in [0.05f32, 0.5, 0.9, 0.999] {
+                let mut full = probs.clone();
+                full.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let mut acc = 0.0;
+                let want = full
+                    .iter()
+                    .position(|p| {
+                        acc += p.1;
+                        acc >= top_p * total
+                    })
+                    .map_or(n, |i| i + 1);
+                let mut got = probs.clone();
+                let k = nucleus(&mut got, top_p * total);
+                assert_eq!(k, want, "n {n} spread {spread} top_p {top_p}");
+                assert_eq!(got[..k], full[..k]);
+            }
+        }
     }
 
     #[test]

@@ -42,8 +42,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroize;
 
-use super::key::SECRET_LEN;
-
 use super::{WatermarkKey, WatermarkParams};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -114,12 +112,17 @@ impl Prf {
     }
 }
 
-/// HMAC-SHA256 keyed with the 32-byte secret, built through the infallible block-sized-key
+/// HMAC-SHA256 keyed with the watermark key's 32-byte secret.
+fn keyed_mac(key: &WatermarkKey) -> HmacSha256 {
+    hmac_sha256(key.secret())
+}
+
+/// HMAC-SHA256 keyed with a 32-byte secret, built through the infallible block-sized-key
 /// constructor: HMAC zero-pads short keys to the block size, so this is the same MAC as
 /// `new_from_slice(secret)` without an error path to handle.
-fn keyed_mac(key: &WatermarkKey) -> HmacSha256 {
+pub(crate) fn hmac_sha256(secret: &[u8; 32]) -> HmacSha256 {
     let mut block = hmac::digest::Key::<HmacSha256>::default();
-    block[..SECRET_LEN].copy_from_slice(key.secret());
+    block[..secret.len()].copy_from_slice(secret);
     let mac = <HmacSha256 as hmac::digest::KeyInit>::new(&block);
     block.as_mut_slice().zeroize();
     mac

@@ -172,6 +172,42 @@ async fn returned_logprobs_are_unchanged_by_logit_bias() {
     assert_eq!(b["top_logprobs"], first["top_logprobs"]);
 }
 
+/// Keyed noise (`confidence.noise`): identical requests get identical values (nothing to
+/// average), the values differ from the exact (rounded) ones, and another tenant's noise differs.
+#[tokio::test]
+async fn logprob_noise_is_keyed_per_tenant_and_prompt() {
+    let req = chat(json!({"logprobs": true, "top_logprobs": 5, "max_tokens": 4}));
+    let values = |v: &Value| -> Vec<f64> {
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .expect("content")
+            .iter()
+            .flat_map(|c| c["top_logprobs"].as_array().expect("top").clone())
+            .map(|t| t["logprob"].as_f64().expect("lp"))
+            .collect()
+    };
+    let mut got = Vec::new();
+    for tenant in ["peek", "noisy", "noisy", "noisy-too"] {
+        let (status, v) = post(tenant, "/v1/chat/completions", req.clone()).await;
+        assert_eq!(status, 200, "{v}");
+        got.push(values(&v));
+    }
+    let [exact, noisy, again, other] = &got[..] else {
+        unreachable!()
+    };
+    assert!(exact.len() >= 10 && exact.len() == noisy.len(), "{exact:?}");
+    assert_eq!(noisy, again, "same tenant and prompt: same noise");
+    assert_ne!(noisy, other, "another tenant draws other noise");
+    let moved = exact.iter().zip(noisy).filter(|(a, b)| a != b).count();
+    // Laplace(0.5) leaves a value on its 0.1-nat grid point with probability ≈ 0.1.
+    assert!(
+        moved * 2 >= exact.len(),
+        "only {moved} of {} values moved: {exact:?} vs {noisy:?}",
+        exact.len()
+    );
+    assert!(noisy.iter().all(|&v| v <= 0.0));
+}
+
 #[tokio::test]
 async fn completions_logprobs_have_openai_shape_and_stream_too() {
     let body = json!({"model": MODEL_ID, "prompt": "The capital of France is",

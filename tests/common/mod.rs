@@ -216,6 +216,21 @@ max_queued = 64
 [plans.budget.confidence]
 logprobs = true
 logprob_requests_per_day = 2
+[plans.noisy]
+requests_per_second = 1000
+tokens_per_minute = 10000000
+max_context_tokens = 8192
+max_tokens = 2048
+max_queued = 64
+[plans.noisy.confidence]
+logprobs = true
+noise = 0.5
+[[tenants]]
+id = "noisy"
+plan = "noisy"
+[[tenants]]
+id = "noisy-too"
+plan = "noisy"
 [[tenants]]
 id = "demo"
 plan = "roomy"

@@ -103,6 +103,9 @@ struct RawServer {
     listen: SocketAddr,
     #[serde(default = "default_queue")]
     queue_capacity: usize,
+    /// Sequences decoded together in one engine step (any tenants).
+    #[serde(default = "default_max_running")]
+    max_running: usize,
     /// Refuse to start when the weights cannot be `mlock`ed (recommended).
     #[serde(default = "yes")]
     require_locked_weights: bool,
@@ -195,6 +198,9 @@ struct RawTenant {
 fn default_queue() -> usize {
     64
 }
+fn default_max_running() -> usize {
+    16
+}
 fn default_leeway() -> u64 {
     30
 }
@@ -208,6 +214,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub queue_capacity: usize,
+    pub max_running: usize,
     pub require_locked_weights: bool,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -262,6 +269,9 @@ impl Config {
         let abs = |p: &Path| -> PathBuf { normalize(&base.join(p)) };
         if raw.server.queue_capacity == 0 || raw.server.queue_capacity > 100_000 {
             problems.push("server.queue_capacity must be between 1 and 100000".into());
+        }
+        if raw.server.max_running == 0 || raw.server.max_running > 1024 {
+            problems.push("server.max_running must be between 1 and 1024".into());
         }
         if raw.model.id.is_empty() || raw.model.id.len() > 128 {
             problems.push("model.id must be 1 to 128 characters".into());
@@ -356,6 +366,7 @@ impl Config {
             listen: raw.server.listen,
             admin_listen: raw.admin.as_ref().map(|a| a.listen),
             queue_capacity: raw.server.queue_capacity,
+            max_running: raw.server.max_running,
             require_locked_weights: raw.server.require_locked_weights,
             tls_cert: abs(&raw.tls.cert),
             tls_key: abs(&raw.tls.key),
@@ -496,6 +507,7 @@ mod tests {
         .expect("valid");
         assert_eq!(c.sealed_model, Path::new("state/m.sealed"));
         assert_eq!(c.queue_capacity, 64);
+        assert_eq!(c.max_running, 16);
         assert!(c.require_locked_weights);
         assert_eq!(c.tenants[0].id, "demo");
         assert_eq!(c.tenants[0].plan.max_tokens, 1024);
@@ -533,13 +545,17 @@ mod tests {
             .replace("issuer = \"iss\"", "issuer = \"\"")
             .replace(
                 "listen = \"127.0.0.1:8443\"",
-                "listen = \"127.0.0.1:8443\"\nqueue_capacity = 0",
+                "listen = \"127.0.0.1:8443\"\nqueue_capacity = 0\nmax_running = 0",
             );
         let bad = bad
             .replace("plan = \"basic\"", "plan = \"gold\"")
             .replace("max_queued = 4", "max_queued = 0");
         let err = Config::parse(&bad, Path::new("/")).expect_err("invalid");
-        assert_eq!(err.len(), 5, "{err:?}");
+        assert_eq!(err.len(), 6, "{err:?}");
+        assert!(
+            err.iter().any(|e| e.contains("server.max_running")),
+            "{err:?}"
+        );
         assert!(
             err.iter().any(|e| e.contains("plans.basic: max_queued")),
             "{err:?}"

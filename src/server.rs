@@ -159,11 +159,14 @@ pub async fn start(
         "sealed model loaded"
     );
     let metrics = Arc::new(Metrics::new());
-    let engine = EngineHandle::start(
+    let engine = EngineHandle::start_with(
         loaded.model.clone(),
         loaded.tokenizer.clone(),
         metrics.clone(),
-        cfg.queue_capacity,
+        crate::engine::EngineConfig {
+            max_running: cfg.max_running,
+            ..crate::engine::EngineConfig::new(cfg.queue_capacity)
+        },
     )?;
     let rates = Arc::new(RateLimits::new());
     for t in &cfg.tenants {

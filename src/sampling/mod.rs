@@ -4,6 +4,7 @@
 //! Sampling is deterministic for a given seed, so a client that passes `seed` gets the same
 //! completion back, and greedy decoding (`temperature == 0`) is exactly `argmax`.
 
+mod fastexp;
 pub mod noise;
 mod pipeline;
 mod sampler;

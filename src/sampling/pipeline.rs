@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::sampling::fastexp;
 use crate::sampling::noise::NoiseKey;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::watermark::{apply_bias, WatermarkKey, WatermarkParams};
@@ -234,22 +235,18 @@ fn round(v: f32, step: Option<f32>) -> f32 {
     }
 }
 
-/// `ln Σ exp(l)` over the finite logits, in f64.
+/// `ln Σ exp(l)` over the finite logits (terms in `f32`, their sum in `f64`).
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
     let max = logits
         .iter()
         .copied()
         .filter(|l| l.is_finite())
-        .fold(f32::NEG_INFINITY, f32::max) as f64;
+        .fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         return 0.0;
     }
-    let sum: f64 = logits
-        .iter()
-        .filter(|l| l.is_finite())
-        .map(|&l| (l as f64 - max).exp())
-        .sum();
-    max + sum.ln()
+    // −∞ (a banned token) contributes exp(−87 clamp) ≈ 0; NaN is not a logit a model emits.
+    f64::from(max) + fastexp::sum_exp(logits, max, 1.0).ln()
 }
 
 /// Log-softmax of `logits` (the raw distribution), in f32.

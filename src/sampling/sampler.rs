@@ -3,6 +3,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
+use super::fastexp;
+
 /// Validated sampling parameters (ranges are checked by the API layer's `Valid*` types).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -24,6 +26,9 @@ impl SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha12Rng,
+    /// Unnormalized probabilities by token id (reused across steps).
+    probs: Vec<f32>,
+    /// `(id, probability)` pairs for nucleus selection (reused across steps).
     scratch: Vec<(u32, f32)>,
 }
 
@@ -32,6 +37,7 @@ impl Sampler {
         Sampler {
             params,
             rng: ChaCha12Rng::seed_from_u64(params.seed),
+            probs: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -47,31 +53,40 @@ impl Sampler {
         }
         let inv_t = 1.0 / self.params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        self.scratch.clear();
-        self.scratch.extend(
-            logits
-                .iter()
-                .enumerate()
-                .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())),
-        );
-        let total: f32 = self.scratch.iter().map(|p| p.1).sum();
-        let mut keep = self.scratch.len();
+        self.probs.clear();
+        self.probs
+            .extend(logits.iter().map(|&l| fastexp::exp((l - max) * inv_t)));
+        let total: f32 = self.probs.iter().sum();
         // Only nucleus sampling needs the candidates in order; without it the draw walks the
         // vocabulary in id order (same distribution, no sort per token).
         if self.params.top_p < 1.0 {
-            keep = nucleus(&mut self.scratch, self.params.top_p * total);
+            self.scratch.clear();
+            self.scratch
+                .extend((0u32..).zip(self.probs.iter().copied()));
+            let keep = nucleus(&mut self.scratch, self.params.top_p * total);
+            let kept = &self.scratch[..keep];
+            let mass: f32 = kept.iter().map(|p| p.1).sum();
+            return draw(kept.iter().copied(), self.rng.gen::<f32>() * mass);
         }
-        let kept = &self.scratch[..keep];
-        let mass: f32 = kept.iter().map(|p| p.1).sum();
-        let mut r = self.rng.gen::<f32>() * mass;
-        for &(id, p) in kept {
-            if r < p {
-                return id;
-            }
-            r -= p;
-        }
-        kept.last().map_or(0, |p| p.0)
+        draw(
+            (0u32..).zip(self.probs.iter().copied()),
+            self.rng.gen::<f32>() * total,
+        )
     }
+}
+
+/// The candidate at which the running mass passes `r` (the last one if rounding left `r` beyond
+/// the total).
+fn draw(candidates: impl Iterator<Item = (u32, f32)>, mut r: f32) -> u32 {
+    let mut last = 0;
+    for (id, p) in candidates {
+        if r < p {
+            return id;
+        }
+        r -= p;
+        last = id;
+    }
+    last
 }
 
 /// Moves the nucleus (the fewest most probable candidates whose mass reaches `target`) to the

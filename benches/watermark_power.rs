@@ -11,6 +11,13 @@
 //!   (the raw distribution at temperature 1, read off the same forward passes that generated
 //!   them).
 //!
+//! Reading the perplexity: the bias only ever raises green tokens among the 40 most likely
+//! candidates (`SELFHASH_CANDIDATES`), so it moves probability from the long tail towards the
+//! head. At temperature 1 without truncation, unwatermarked samples draw many tail tokens and
+//! score a *higher* perplexity than watermarked ones; the watermark's quality cost here is a
+//! shift in which likely tokens are chosen, not a drift into unlikely ones. (Measured on
+//! 2026-11-26: PPL 14.9 watermarked vs 30.1 unwatermarked, 50/50 detected, 0/110 false alarms.)
+//!
 //! Detection goes the way `POST /v1/watermark/detect` does: the completion is decoded to text
 //! and re-tokenized, so tokenization round trips are part of what is measured. End-of-text and
 //! the other special tokens are suppressed (`logit_bias` −100) so every sample is the full 200

@@ -198,6 +198,14 @@ fn deficit_at<I: Reference>(
     }
 }
 
+/// The most refund credit the bucket can hold at `now`: one cell below the observed deficit.
+/// Governor reports whole remaining cells, so the recorded deficit can exceed the true
+/// (fractional) one by up to a cell; crediting all of it let one token more through than GCRA
+/// allows (found by the property test `refunds_never_exceed_the_gcra_envelope`).
+fn credit_cap<I: Reference>(last: &Option<(I, u32)>, now: I, interval: Duration) -> u32 {
+    deficit_at(last, now, interval, true).saturating_sub(1)
+}
+
 /// Per-tenant request and token rate limits.
 pub struct RateLimits<C: Clock = DefaultClock> {
     clock: C,
@@ -310,9 +318,7 @@ impl<C: Clock + Clone> RateLimits<C> {
         }
         let mut st = t.credit.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
-        st.credit = st
-            .credit
-            .min(deficit_at(&st.last, now, t.token_interval, true));
+        st.credit = st.credit.min(credit_cap(&st.last, now, t.token_interval));
         let from_credit = st.credit.min(n);
         let Some(rest) = NonZeroU32::new(n - from_credit) else {
             // Entirely covered by credit (or n == 0): governor's state is untouched.
@@ -352,13 +358,12 @@ impl<C: Clock + Clone> RateLimits<C> {
     pub fn refund_tokens(&self, tenant: &str, n: u32) -> Result<RateInfo, RateError> {
         let t = self.tenant(tenant)?;
         let limit = t.params.token_burst.get();
-        let st = t.credit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = t.credit.lock().unwrap_or_else(PoisonError::into_inner);
         let now = self.clock.now();
-        // Refund credit is disabled: the property test `refunds_never_exceed_the_gcra_envelope`
-        // found windows where credit let one token more through than GCRA allows. Until the
-        // credit accounting is fixed, unused tokens are not returned to the rate bucket (the
-        // quota ledger still refunds them), so the limit errs on the tenant's side of strict.
-        let _ = n;
+        st.credit = st
+            .credit
+            .saturating_add(n)
+            .min(credit_cap(&st.last, now, t.token_interval));
         let deficit = deficit_at(&st.last, now, t.token_interval, false);
         Ok(token_info(limit, deficit, st.credit, t.token_interval))
     }

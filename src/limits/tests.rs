@@ -146,17 +146,38 @@ fn token_reservations_are_gcra_exact() {
 }
 
 #[test]
-fn refunds_do_not_return_tokens_to_the_rate_bucket() {
-    // Refund credit is disabled (see `refund_tokens`): the worst-case reservation stands.
-    let (limits, clock) = limits();
+fn refund_makes_capacity_available_at_once() {
+    let (limits, _clock) = limits();
     limits.reserve_tokens("acme", 600).unwrap();
     denied(limits.reserve_tokens("acme", 1));
-    assert_eq!(limits.refund_tokens("acme", 400).unwrap().remaining, 0);
+    assert_eq!(limits.refund_tokens("acme", 400).unwrap().remaining, 400);
+    assert_eq!(limits.reserve_tokens("acme", 400).unwrap().remaining, 0);
     denied(limits.reserve_tokens("acme", 1));
-    // The bucket still refills at the plan's rate.
+}
+
+#[test]
+fn refund_never_lifts_capacity_above_the_burst() {
+    let (limits, clock) = limits();
+    // Refund after the bucket has refilled on its own: worthless.
+    limits.reserve_tokens("acme", 600).unwrap();
+    clock.advance(ms(60_000));
+    assert_eq!(limits.refund_tokens("acme", 600).unwrap().remaining, 600);
+    limits.reserve_tokens("acme", 600).unwrap();
+    denied(limits.reserve_tokens("acme", 1));
+
+    // Half refilled: only the still-missing half can be credited, less the one-cell margin
+    // of `credit_cap`.
     clock.advance(ms(30_000));
-    assert_eq!(limits.refund_tokens("acme", 600).unwrap().remaining, 300);
-    limits.reserve_tokens("acme", 300).unwrap();
+    assert_eq!(limits.refund_tokens("acme", 600).unwrap().remaining, 599);
+    limits.reserve_tokens("acme", 599).unwrap();
+    denied(limits.reserve_tokens("acme", 1));
+
+    // Unspent credit evaporates as the bucket refills.
+    clock.advance(ms(60_000));
+    limits.reserve_tokens("acme", 100).unwrap();
+    limits.refund_tokens("acme", 100).unwrap();
+    clock.advance(ms(60_000));
+    limits.reserve_tokens("acme", 600).unwrap();
     denied(limits.reserve_tokens("acme", 1));
 }
 

@@ -135,7 +135,11 @@ fn canary_model() -> &'static CanaryModel {
         drop(file);
         // Positive control for the matcher and the offset: the plaintext file holds it once.
         let on_disk = scan_file(&plain, &canary);
-        assert_eq!(on_disk.hits, vec![offset as usize], "canary in the GGUF copy");
+        assert_eq!(
+            on_disk.hits,
+            vec![offset as usize],
+            "canary in the GGUF copy"
+        );
 
         let sealed = f.dir.path().join("canary.sealed");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))

@@ -387,15 +387,24 @@ impl ServeProcess {
     /// Starts `cloister serve --config <config>` with `CLOISTER_LOG=<log_filter>` and waits
     /// until it listens.
     pub fn start_with(config: &std::path::Path, log_filter: &str) -> ServeProcess {
+        Self::start_customized(config, log_filter, |_| {})
+    }
+
+    /// [`Self::start_with`], with `customize` applied to the command before it is spawned.
+    pub fn start_customized(
+        config: &std::path::Path,
+        log_filter: &str,
+        customize: impl FnOnce(&mut std::process::Command),
+    ) -> ServeProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
-            .env("CLOISTER_LOG", log_filter)
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"));
+        cmd.env("CLOISTER_LOG", log_filter)
             .args(["serve", "--config"])
             .arg(config)
             .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn serve");
+            .stdout(std::process::Stdio::null());
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -425,6 +434,35 @@ impl ServeProcess {
         let _ = child.kill();
         let _ = child.wait();
         panic!("server did not report its address:\n{}", log.join("\n"));
+    }
+
+    /// Port of the admin listener, read from its start-up log line (bounded wait).
+    pub fn admin_port(&mut self) -> u16 {
+        let find = |log: &[String]| {
+            log.iter().find_map(|l| {
+                l.split("admin=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(port) = find(&self.log) {
+                return port;
+            }
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+            {
+                self.log.push(line);
+            }
+        }
+        panic!("no admin listener in the log:\n{}", self.log.join("\n"));
     }
 
     pub fn pid(&self) -> u32 {

@@ -255,6 +255,14 @@ plan = "quota"
 [[tenants]]
 id = "elsewhere"
 plan = "other-model"
+# Cross-tenant tests (tests/isolation.rs): ids that occur nowhere else, so any appearance in
+# another tenant's response is a leak.
+[[tenants]]
+id = "alpha-7f3e"
+plan = "roomy"
+[[tenants]]
+id = "bravo-91c2"
+plan = "roomy"
 "#,
             ledger = dir.path().join("ledger.sqlite").display(),
             audit = dir.path().join("audit.log").display(),

@@ -8,7 +8,8 @@
 //!   mlocked (`lo`, `Locked:` > 0), excluded from core dumps (`dd`) and wiped on fork (`wf`);
 //! - [`dropped_model_leaves_no_canary_in_this_process`]: the same model loaded with the library
 //!   API in this process holds it exactly once (inside `LoadedModel::weights`) and, after the
-//!   model is dropped, zero times.
+//!   model is dropped, zero times. (Dropping unmaps the region, so this shows that no copy
+//!   outlives the model; the wipe before `munmap` cannot be observed from inside the process.)
 //!
 //! # Keeping the test's own hands clean
 //! The second test scans its own process, so the test must never hold the canary in plain form

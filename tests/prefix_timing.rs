@@ -188,7 +188,7 @@ async fn timed(token: &str, prompt: &str) -> (f64, u64) {
     )
 }
 
-/// One experiment of `2 × samples` trials in random order. Every trial, `warmer` sends a new
+/// One experiment of `2 × samples` trials in random order. Every trial, tenant `warmer` sends a new
 /// random prompt `P`; then `prober` sends `P` again (a warm trial) or another new random prompt
 /// of the same length (a cold trial). Each prompt is new, so the prober never repeats one of
 /// its own (that would measure its own cache, not the warmer's). Returns (warm, cold) latencies.
@@ -206,9 +206,14 @@ async fn experiment(
     for is_warm in labels {
         let shared = random_prompt(tok, PROMPT_TOKENS, &mut rng);
         let fresh = random_prompt(tok, PROMPT_TOKENS, &mut rng);
-        let (_, n) = timed(warmer, &shared).await;
+        // Fresh tokens each trial: on a busy machine a run outlasts a token's 10 minutes.
+        let (warmer_token, prober_token) = (
+            fixture().token(warmer, &[Scope::Inference]),
+            fixture().token(prober, &[Scope::Inference]),
+        );
+        let (_, n) = timed(&warmer_token, &shared).await;
         lengths.insert(n);
-        let (secs, n) = timed(prober, if is_warm { &shared } else { &fresh }).await;
+        let (secs, n) = timed(&prober_token, if is_warm { &shared } else { &fresh }).await;
         lengths.insert(n);
         if is_warm {
             warm.push(secs);
@@ -229,7 +234,6 @@ fn median(v: &[f64]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_warm_prefix_is_not_faster() {
     let tok = tokenizer();
-    let a = fixture().token(A, &[Scope::Inference]);
     let b = fixture().token(B, &[Scope::Inference]);
     // Warm-up: the first requests pay for connection set-up and cold CPU caches.
     for _ in 0..3 {
@@ -242,7 +246,7 @@ async fn another_tenants_warm_prefix_is_not_faster() {
 
     let mut ps = Vec::new();
     for run in 1..=2 {
-        let (warm, cold) = experiment(&tok, &a, &b, SAMPLES).await;
+        let (warm, cold) = experiment(&tok, A, B, SAMPLES).await;
         let (d, p) = ks_two_sample(&warm, &cold);
         eprintln!(
             "cross-tenant run {run}: B after A warmed the prefix: median {:.1} ms (same prefix) \
@@ -262,7 +266,7 @@ async fn another_tenants_warm_prefix_is_not_faster() {
     );
 
     // Observation only (see the module docs).
-    let (warm, cold) = experiment(&tok, &a, &a, OBSERVATION_SAMPLES).await;
+    let (warm, cold) = experiment(&tok, A, A, OBSERVATION_SAMPLES).await;
     let (d, p) = ks_two_sample(&warm, &cold);
     eprintln!(
         "within-tenant (observation): A after A: median {:.1} ms (same prefix) vs {:.1} ms \

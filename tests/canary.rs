@@ -198,8 +198,10 @@ struct Scan {
     /// Addresses (or file offsets) where the canary starts.
     hits: Vec<usize>,
     bytes_read: u64,
-    /// Readable-looking mappings (or pages of them) that could not be read.
-    unreadable: Vec<String>,
+    /// Pages of readable mappings that could not be read: (address, length, mapping).
+    unreadable: Vec<(usize, usize, String)>,
+    /// Unreadable pages that were no longer mapped readable after the scan (freed meanwhile).
+    vanished_bytes: usize,
 }
 
 /// Scans `ranges` (start, end, label) of a file-like object read with `read_at`. Adjacent ranges
@@ -232,8 +234,7 @@ fn scan_ranges(
                     match read_at(&mut buf[carry..carry + want], addr as u64) {
                         Ok(n) if n > 0 => n,
                         _ => {
-                            scan.unreadable
-                                .push(format!("{label} page {addr:#x}+{want:#x}"));
+                            scan.unreadable.push((addr, want, label.to_string()));
                             carry = 0;
                             addr += want;
                             continue;
@@ -340,9 +341,39 @@ fn scan_process(pid: &str, canary: &MaskedCanary) -> io::Result<Scan> {
             }
         }
     }
-    Ok(scan_ranges(canary, &mut buf, &ranges, &mut |b, off| {
-        mem.read_at(b, off)
-    }))
+    let mut scan = scan_ranges(canary, &mut buf, &ranges, &mut |b, off| mem.read_at(b, off));
+    // A page can fail because the process unmapped it after we read its maps (a glibc arena
+    // trimmed while we scanned): that is no gap in the scan. Pages still mapped readable are
+    // read once more; only those that fail again stay unreadable.
+    if !scan.unreadable.is_empty() {
+        let now = mappings(pid);
+        let still_mapped = |addr: usize| {
+            now.iter()
+                .any(|m| m.perms.starts_with('r') && (m.start..m.end).contains(&addr))
+        };
+        let retry: Vec<_> = std::mem::take(&mut scan.unreadable)
+            .into_iter()
+            .filter(|(addr, len, _)| {
+                let mapped = still_mapped(*addr);
+                if !mapped {
+                    scan.vanished_bytes += len;
+                }
+                mapped
+            })
+            .collect();
+        for (addr, len, label) in retry {
+            let again = scan_ranges(
+                canary,
+                &mut buf,
+                &[(addr, addr + len, &label)],
+                &mut |b, off| mem.read_at(b, off),
+            );
+            scan.hits.extend(again.hits);
+            scan.bytes_read += again.bytes_read;
+            scan.unreadable.extend(again.unreadable);
+        }
+    }
+    Ok(scan)
 }
 
 /// The `/proc/<pid>/smaps` block of the mapping containing `addr`.
@@ -479,8 +510,10 @@ fn served_model_keeps_the_canary_only_in_the_locked_region() {
         .expect("Locked kB");
     assert!(locked_kb > 0, "no locked pages:\n{entry}");
     eprintln!(
-        "server {pid}: scanned {} MiB; canary once, in a locked region ({locked_kb} kB locked)",
-        scan.bytes_read >> 20
+        "server {pid}: scanned {} MiB ({} KiB freed while scanning); canary once, in a locked \
+         region ({locked_kb} kB locked)",
+        scan.bytes_read >> 20,
+        scan.vanished_bytes >> 10
     );
 
     let (status, _) = server.stop_and_collect_log();

@@ -290,9 +290,24 @@ fn watermark_detect(config: &Path, file: &Path, key_ids: &[String]) -> Result<()
     Ok(())
 }
 
+/// Dependencies that log request content at `debug`/`trace`: `tokenizers` traces every
+/// character it normalizes, i.e. every prompt, chat template and text sent to watermark
+/// detection (found by `tests/secrets_hygiene.rs`). They are capped at `warn` whatever
+/// `CLOISTER_LOG` asks for — even `tokenizers=trace` — because prompts and completions are
+/// never logged, and an operator turning up verbosity to debug TLS must not start a transcript.
+const CONTENT_LOGGING_TARGETS: [&str; 1] = ["tokenizers"];
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CLOISTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in CONTENT_LOGGING_TARGETS {
+        // A directive for the same target replaces the one from the environment.
+        filter = filter.add_directive(
+            format!("{target}=warn")
+                .parse()
+                .expect("a target name and a level are a valid directive"),
+        );
+    }
     // Logs go to stderr: stdout carries command output (tokens, reports) for scripts.
     tracing_subscriber::fmt()
         .with_env_filter(filter)

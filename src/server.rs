@@ -377,6 +377,18 @@ fn watch_keys(cfg: &Config, loaded: KekRef, trigger: Arc<Notify>, audit: Arc<Aud
 
 /// Runs until SIGINT or SIGTERM, then drains.
 pub async fn serve_until_signal(cfg: Config) -> Result<(), ServeError> {
+    // The handlers are registered before the server announces its address: a SIGTERM or SIGHUP
+    // sent as soon as "listening" appears must reach them, not the default action, which ends
+    // the process without draining (a test that stopped a fresh server found that window).
+    #[cfg(unix)]
+    let (mut term, mut int, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
     let listener = std::net::TcpListener::bind(cfg.listen)?;
     let server = start(cfg, listener).await?;
     tracing::info!(addr = %server.addr, "listening (https)");
@@ -387,44 +399,24 @@ pub async fn serve_until_signal(cfg: Config) -> Result<(), ServeError> {
     #[cfg(unix)]
     {
         let reload = server.reload.clone();
-        if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: re-checking JWKS, TLS certificate and tenants");
-                    reload.notify_waiters();
-                }
-            });
-        }
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: re-checking JWKS, TLS certificate and tenants");
+                reload.notify_waiters();
+            }
+        });
     }
     tokio::spawn(async move {
-        shutdown_signal().await;
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutdown signal: draining in-flight requests");
         handle.graceful_shutdown(Some(DRAIN));
     });
     server.wait().await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

@@ -270,6 +270,14 @@ plan = "quota"
 [[tenants]]
 id = "elsewhere"
 plan = "other-model"
+# Cross-tenant tests (tests/isolation.rs): ids that occur nowhere else, so any appearance in
+# another tenant's response is a leak.
+[[tenants]]
+id = "alpha-7f3e"
+plan = "roomy"
+[[tenants]]
+id = "bravo-91c2"
+plan = "roomy"
 "#,
             ledger = dir.path().join("ledger.sqlite").display(),
             audit = dir.path().join("audit.log").display(),
@@ -367,25 +375,59 @@ pub fn reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("reference json")
 }
 
+impl Fixture {
+    /// Writes a copy of the fixture's config that serves `sealed` instead of the demo model
+    /// (same keys, tenants, ledger and audit log) and returns its path.
+    pub fn config_serving(&self, sealed: &std::path::Path, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        let old = format!("sealed = \"{}\"", self.cfg.sealed_model.display());
+        assert!(text.contains(&old), "fixture config names its sealed model");
+        let path = self.dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replace(&old, &format!("sealed = \"{}\"", sealed.display())),
+        )
+        .expect("write config");
+        path
+    }
+}
+
 /// `cloister serve` as a child process (for signal and crash tests).
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub port: u16,
     pub log: Vec<String>,
+    /// Log lines after start-up (stderr is read until the process closes it).
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl ServeProcess {
     /// Starts `cloister serve --config <fixture config>` and waits until it listens.
     pub fn start() -> ServeProcess {
+        Self::start_with(&fixture().config_path, "info")
+    }
+
+    /// Starts `cloister serve --config <config>` with `CLOISTER_LOG=<log_filter>` and waits
+    /// until it listens.
+    pub fn start_with(config: &std::path::Path, log_filter: &str) -> ServeProcess {
+        Self::start_customized(config, log_filter, |_| {})
+    }
+
+    /// [`Self::start_with`], with `customize` applied to the command before it is spawned.
+    pub fn start_customized(
+        config: &std::path::Path,
+        log_filter: &str,
+        customize: impl FnOnce(&mut std::process::Command),
+    ) -> ServeProcess {
         use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
-            .env("CLOISTER_LOG", "info")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"));
+        cmd.env("CLOISTER_LOG", log_filter)
             .args(["serve", "--config"])
-            .arg(&fixture().config_path)
+            .arg(config)
             .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn serve");
+            .stdout(std::process::Stdio::null());
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -403,13 +445,62 @@ impl ServeProcess {
                     .and_then(|rest| rest.trim().rsplit(':').next()?.parse::<u16>().ok());
                 log.push(line);
                 if let Some(port) = port {
-                    return ServeProcess { child, port, log };
+                    return ServeProcess {
+                        child,
+                        port,
+                        log,
+                        lines: rx,
+                    };
                 }
             }
         }
         let _ = child.kill();
         let _ = child.wait();
         panic!("server did not report its address:\n{}", log.join("\n"));
+    }
+
+    /// Port of the admin listener, read from its start-up log line (bounded wait).
+    pub fn admin_port(&mut self) -> u16 {
+        let find = |log: &[String]| {
+            log.iter().find_map(|l| {
+                l.split("admin=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse::<u16>()
+                    .ok()
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(port) = find(&self.log) {
+                return port;
+            }
+            if let Ok(line) = self
+                .lines
+                .recv_timeout(std::time::Duration::from_millis(200))
+            {
+                self.log.push(line);
+            }
+        }
+        panic!("no admin listener in the log:\n{}", self.log.join("\n"));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM, waits for the exit, and returns every log line the server wrote (start-up
+    /// lines included).
+    pub fn stop_and_collect_log(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        self.signal("TERM");
+        let status = self.wait(std::time::Duration::from_secs(30));
+        let mut all = std::mem::take(&mut self.log);
+        // The reader thread ends (and the channel closes) when the process's stderr closes.
+        all.extend(self.lines.iter());
+        (status, all)
     }
 
     pub fn url(&self) -> String {

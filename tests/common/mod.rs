@@ -352,81 +352,12 @@ pub fn reference(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).expect("reference json")
 }
 
-/// `cloister serve` as a child process (for signal and crash tests).
-pub struct ServeProcess {
-    pub child: std::process::Child,
-    pub port: u16,
-    pub log: Vec<String>,
-}
+mod serve;
+pub use serve::ServeProcess;
 
 impl ServeProcess {
     /// Starts `cloister serve --config <fixture config>` and waits until it listens.
     pub fn start() -> ServeProcess {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
-            .env("CLOISTER_LOG", "info")
-            .args(["serve", "--config"])
-            .arg(&fixture().config_path)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut log = Vec::new();
-        while std::time::Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                let port = line
-                    .split("addr=")
-                    .nth(1)
-                    .and_then(|rest| rest.trim().rsplit(':').next()?.parse::<u16>().ok());
-                log.push(line);
-                if let Some(port) = port {
-                    return ServeProcess { child, port, log };
-                }
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("server did not report its address:\n{}", log.join("\n"));
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    /// Sends `signal` (e.g. "TERM", "KILL") to the server.
-    pub fn signal(&self, signal: &str) {
-        let ok = std::process::Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-
-    /// Waits for the process to exit (bounded).
-    pub fn wait(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        ServeProcess::start_with(&fixture().config_path)
     }
 }

@@ -38,6 +38,20 @@ use load_support::{
 use rand::{Rng, SeedableRng};
 use serve::ServeProcess;
 
+/// What the run found: printed together at the end.
+#[derive(Default)]
+struct Summary {
+    lines: Vec<String>,
+    checks: Vec<Check>,
+}
+
+/// `println!` into the summary.
+macro_rules! say {
+    ($sum:expr, $($arg:tt)*) => {
+        $sum.lines.push(format!($($arg)*))
+    };
+}
+
 /// Shared by the clients of one phase.
 struct Run {
     bench: Arc<Bench>,
@@ -115,11 +129,16 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut checks: Vec<Check> = Vec::new();
-    rt.block_on(phases(secs, &mut checks));
+    let mut sum = Summary::default();
+    rt.block_on(phases(secs, &mut sum));
+    // Everything is printed here, in one piece, after the run (progress went to stderr).
+    for line in &sum.lines {
+        println!("{line}");
+    }
+    let checks = &sum.checks;
     let failed = checks.iter().filter(|c| !c.pass).count();
     println!("\n== checks ==");
-    for c in &checks {
+    for c in checks {
         println!("[{}] {}", if c.pass { "PASS" } else { "FAIL" }, c.what);
     }
     println!(
@@ -134,14 +153,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn phases(secs: u64, checks: &mut Vec<Check>) {
+async fn phases(secs: u64, sum: &mut Summary) {
     let dir = tempfile::tempdir().expect("tempdir");
     let bench = Arc::new(Bench::setup(dir.path(), secs));
     let mut server = ServeProcess::start_with(&bench.config_path);
     let url = server.url();
     bench.learn_prompt_lengths(&url).await;
 
-    // ---- phase 1: load ----
+    eprintln!("load: {CLIENTS} clients for {secs} s, then draining");
     let run = Arc::new(Run {
         bench: Arc::clone(&bench),
         url: url.clone(),
@@ -157,14 +176,14 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         ledger.push(settled_usage(&bench, &url, t).await);
     }
     let audit = audit_counts(&bench.audit_path);
-    load_report(&bench, &samples, elapsed, &ledger, &audit, checks);
+    load_report(secs, &bench, &samples, elapsed, &ledger, &audit, sum);
     let errors: Vec<String> = server
         .drain_log()
         .iter()
         .filter(|l| l.contains("ERROR"))
         .cloned()
         .collect();
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!(
             "no ERROR lines in the server log during load ({})",
             errors.len()
@@ -172,10 +191,13 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         errors.is_empty(),
     ));
     for e in errors.iter().take(5) {
-        println!("server error: {e}");
+        say!(sum, "server error: {e}");
     }
 
-    // ---- phase 2: SIGKILL mid-load, restart on the same state ----
+    eprintln!(
+        "crash: load again, SIGKILL once {} requests completed",
+        CLIENTS / 4
+    );
     let before: Vec<u64> = ledger.iter().map(|u| u.used).collect();
     let run = Arc::new(Run {
         bench: Arc::clone(&bench),
@@ -202,7 +224,7 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
     let status = server.wait(Duration::from_secs(10));
     let crash_samples = join(handles).await;
     let ok_before_kill = run.ok.load(Ordering::Relaxed);
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!(
             "server killed by SIGKILL ({status}) {:.0} s into the load, after {ok_before_kill} completed requests",
             killed_at.as_secs_f64()
@@ -231,7 +253,7 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         &after,
         dangling,
         ok_before_kill,
-        checks,
+        sum,
     );
 
     // The restarted server serves and accounts exactly again.
@@ -245,7 +267,7 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         match s.outcome {
             Outcome::Ok { total, .. } => *r = total,
             other => {
-                println!("after restart, {}: {other:?}", TENANTS[t].0);
+                say!(sum, "after restart, {}: {other:?}", TENANTS[t].0);
                 served = false;
             }
         }
@@ -255,7 +277,7 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         let u = settled_usage(&bench, &rurl, t).await;
         exact &= u.used == after[t].used + r && u.reserved == 0;
     }
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         "restarted server serves every tenant and its ledger moves by exactly what it served"
             .to_string(),
         exact,
@@ -264,7 +286,7 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
     // Clean stop (final checkpoint), then verify the whole chain across the crash.
     restarted.signal("TERM");
     let stopped = restarted.wait(Duration::from_secs(30));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("restarted server stops cleanly on SIGTERM ({stopped})"),
         stopped.success(),
     ));
@@ -275,29 +297,41 @@ async fn phases(secs: u64, checks: &mut Vec<Check>) {
         .expect("run cloister audit verify");
     let said = String::from_utf8_lossy(&verify.stdout).trim().to_string()
         + String::from_utf8_lossy(&verify.stderr).trim();
-    println!("\ncloister audit verify: {said}");
-    checks.push(Check::new(
+    say!(sum, "\ncloister audit verify: {said}");
+    sum.checks.push(Check::new(
         "`cloister audit verify` accepts the audit log across the crash".to_string(),
         verify.status.success(),
     ));
 }
 
 fn load_report(
+    secs: u64,
     bench: &Bench,
     samples: &[Sample],
     elapsed: Duration,
     ledger: &[load_support::Settled],
     audit: &load_support::AuditCounts,
-    checks: &mut Vec<Check>,
+    sum: &mut Summary,
 ) {
-    println!(
-        "\n== load: {CLIENTS} clients, {} tenants, {:.1} s ==",
+    say!(
+        sum,
+        "\n== load: {CLIENTS} clients, {} tenants, new requests for {secs} s, all answered after {:.1} s ==",
         TENANTS.len(),
         elapsed.as_secs_f64()
     );
-    println!(
+    say!(
+        sum,
         "{:<10} {:<10} {:>6} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>9}",
-        "tenant", "plan", "ok", "429", "4xx", "5xx", "transp", "tokens", "ledger", "audit"
+        "tenant",
+        "plan",
+        "ok",
+        "429",
+        "4xx",
+        "5xx",
+        "transp",
+        "tokens",
+        "ledger",
+        "audit"
     );
     let mut totals = load_support::Tally::default();
     let mut exact = true;
@@ -305,7 +339,8 @@ fn load_report(
     for (t, (name, plan)) in TENANTS.iter().enumerate() {
         let tally = load_support::Tally::of(samples.iter().filter(|s| s.tenant == t));
         let a = audit.tenant(name);
-        println!(
+        say!(
+            sum,
             "{:<10} {:<10} {:>6} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>9}",
             name,
             plan,
@@ -323,7 +358,8 @@ fn load_report(
         totals.add(&tally);
     }
     let ledger_total: u64 = ledger.iter().map(|u| u.used).sum();
-    println!(
+    say!(
+        sum,
         "{:<10} {:<10} {:>6} {:>6} {:>5} {:>5} {:>6} {:>9} {:>9} {:>9}",
         "total",
         "",
@@ -337,7 +373,8 @@ fn load_report(
         audit.total_tokens()
     );
     let secs = elapsed.as_secs_f64();
-    println!(
+    say!(
+        sum,
         "throughput: {:.2} requests/s ok, {:.1} tokens/s served ({:.1} completion tokens/s)",
         totals.ok as f64 / secs,
         totals.tokens as f64 / secs,
@@ -358,7 +395,8 @@ fn load_report(
     for (label, stream) in [("streamed", true), ("non-streamed", false)] {
         let (t50, t99, n) = lat(stream, true);
         let (l50, l99, _) = lat(stream, false);
-        println!(
+        say!(
+sum,
             "{label:<13} n={n:<5} TTFT p50 {:>7.0} ms  p99 {:>7.0} ms   latency p50 {:>7.0} ms  p99 {:>7.0} ms",
             t50.as_secs_f64() * 1e3,
             t99.as_secs_f64() * 1e3,
@@ -375,45 +413,48 @@ fn load_report(
         }
     }
     for ((tenant, code), n) in &refusals {
-        println!("429 {tenant}: {n} x {code}");
+        say!(sum, "429 {tenant}: {n} x {code}");
     }
     for s in samples.iter().filter(|s| s.outcome.is_failure()).take(5) {
-        println!(
+        say!(
+            sum,
             "failure: {} {:?}: {:?}",
-            TENANTS[s.tenant].0, s.kind, s.outcome
+            TENANTS[s.tenant].0,
+            s.kind,
+            s.outcome
         );
     }
     let mismatched = samples
         .iter()
         .filter(|s| !bench.usage_consistent(s))
         .count();
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("load ran ({} ok requests)", totals.ok),
         totals.ok > 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("0 5xx or in-band stream errors ({})", totals.server_err),
         totals.server_err == 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("0 transport errors ({})", totals.transport),
         totals.transport == 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("0 other 4xx ({})", totals.client_err),
         totals.client_err == 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!(
             "every response's usage is consistent: prompt as tokenized, completion <= max_tokens ({mismatched} not)"
         ),
         mismatched == 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         "ledger == tokens served, per tenant, nothing left reserved".to_string(),
         exact,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         "audit log: RequestCompleted tokens == tokens served and one record per ok/429, per tenant"
             .to_string(),
         audit_ok,
@@ -423,7 +464,7 @@ fn load_report(
         .filter(|s| TENANTS[s.tenant].1 == "throttled")
         .filter(|s| matches!(s.outcome, Outcome::TooMany(_)))
         .count();
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("the rate-limited tenant was refused with 429 ({throttled} times)"),
         throttled > 0,
     ));
@@ -436,18 +477,26 @@ fn crash_report(
     after: &[load_support::Settled],
     dangling: u64,
     ok_before_kill: u64,
-    checks: &mut Vec<Check>,
+    sum: &mut Summary,
 ) {
     let in_flight = samples
         .iter()
         .filter(|s| matches!(s.outcome, Outcome::Killed))
         .count();
-    println!(
+    say!(
+sum,
         "\n== crash: SIGKILL after {ok_before_kill} completed requests, {in_flight} in flight; restart charged {dangling} dangling reservations =="
     );
-    println!(
+    say!(
+        sum,
         "{:<10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>10}  ok",
-        "tenant", "ledger@0", "received", "inflight", "min", "max", "ledger@1"
+        "tenant",
+        "ledger@0",
+        "received",
+        "inflight",
+        "min",
+        "max",
+        "ledger@1"
     );
     let mut all_ok = true;
     let mut failures = 0;
@@ -476,7 +525,8 @@ fn crash_report(
         let max = min + slack;
         let ok = (min..=max).contains(&after[t].used) && after[t].reserved == 0;
         all_ok &= ok;
-        println!(
+        say!(
+            sum,
             "{:<10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>10}  {}",
             name,
             before[t],
@@ -488,21 +538,21 @@ fn crash_report(
             if ok { "yes" } else { "NO" }
         );
     }
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("crash phase: no 5xx or transport errors before the kill ({failures})"),
         failures == 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!("SIGKILL hit requests in flight ({in_flight})"),
         in_flight > 0,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         format!(
             "restart charged the crash's open reservations: 0 < {dangling} <= one per client ({CLIENTS})"
         ),
         dangling > 0 && dangling as usize <= CLIENTS,
     ));
-    checks.push(Check::new(
+    sum.checks.push(Check::new(
         "after restart: no received usage lost, dangling charged <= worst case, none left open"
             .to_string(),
         all_ok,

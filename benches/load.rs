@@ -17,7 +17,9 @@
 //!
 //! Prints one summary table; exits non-zero if any check failed.
 //!
-//! Run: `cargo bench --bench load` (`LOAD_SECS=10` for a quick run).
+//! Run: `cargo bench --bench load` (`LOAD_SECS=10` for a quick run). A cold release build is
+//! slow on a small machine; `cargo bench --profile dev --bench load` reuses `target/debug`,
+//! whose dependencies (the model's kernels included) are optimized in dev too.
 
 #[path = "../tests/common/serve.rs"]
 mod serve;
@@ -510,7 +512,7 @@ sum,
                 // reserved and charged at its worst case at restart.
                 Outcome::Ok { total, .. } => {
                     received += total;
-                    slack += worst - total;
+                    slack += worst.saturating_sub(total);
                 }
                 // Outcome unknown: anything from nothing to its worst case.
                 Outcome::Killed => {

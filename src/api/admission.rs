@@ -240,14 +240,15 @@ impl Drop for Admitted {
 }
 
 impl Settlement {
-    fn audit_completion(&self, usage: Option<TokenUsage>) {
+    /// The `RequestCompleted` record, built here but appended off the calling thread.
+    fn completion_event(&self, usage: Option<TokenUsage>) -> Option<AuditEvent> {
         let ids = (
             audit::RequestId::new(self.request_id.clone()),
             audit::TenantId::new(self.tenant.id.clone()),
             audit::ModelId::new(self.gate.model_id.clone()),
         );
         let (Ok(request_id), Ok(tenant), Ok(model)) = ids else {
-            return;
+            return None;
         };
         let finish_reason = match usage.and_then(|u| u.finish) {
             Some(FinishReason::Stop) => audit::FinishReason::Stop,
@@ -260,7 +261,7 @@ impl Settlement {
             completion_tokens: 0,
             finish: None,
         });
-        self.gate.audit.record(AuditEvent::RequestCompleted {
+        Some(AuditEvent::RequestCompleted {
             request_id,
             tenant,
             model,
@@ -271,7 +272,7 @@ impl Settlement {
                 .watermark_key_id
                 .as_ref()
                 .and_then(|id| audit::KeyId::new(id.clone()).ok()),
-        });
+        })
     }
 
     /// Commits `usage` (or the whole reservation when unknown) and refunds the rest.
@@ -305,12 +306,20 @@ impl Settlement {
             .in_flight
             .get_or_create(&Metrics::tenant(&tenant))
             .dec();
-        self.audit_completion(usage);
+        let event = self.completion_event(usage);
+        let audit = Arc::clone(&self.gate.audit);
         let ledger = Arc::clone(&self.gate.ledger);
         let reservation = self.reservation;
         // The queue slot is released when this closure (which owns it) finishes.
         let slot = self._slot;
+        // Both the audit append (an fdatasync per record by default) and the ledger commit
+        // wait on the disk, so neither may run here: this is called on the engine thread,
+        // which decodes for every tenant (`FinishHook` must not block), or on an async worker.
+        // The record is appended before the commit, so a settled ledger implies its record.
         self.runtime.spawn_blocking(move || {
+            if let Some(event) = event {
+                audit.record(event);
+            }
             let result = if used == 0 {
                 ledger.release(&reservation)
             } else {

@@ -57,9 +57,11 @@ async fn audit_log_records_security_events_but_no_secrets_and_detects_tampering(
         .await
         .expect("send");
     assert_eq!(r.status(), 401);
-    // Settlement (and its audit record) is asynchronous.
+    // Settlement and the failed-login record are appended off the request path.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !audit_text().contains("RequestCompleted") && Instant::now() < deadline {
+    while !(audit_text().contains("RequestCompleted") && audit_text().contains("AuthFailed"))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = audit_text();

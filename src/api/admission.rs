@@ -100,7 +100,7 @@ impl Gate {
             audit::TenantId::new(tenant),
             audit::RequestId::new(hex::encode(rand::random::<[u8; 12]>())),
         ) {
-            self.audit.record(AuditEvent::LimitRejected {
+            self.audit.record_in_background(AuditEvent::LimitRejected {
                 request_id,
                 tenant,
                 limit,

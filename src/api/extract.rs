@@ -43,7 +43,7 @@ fn audit_failure(app: &AppState, e: &ApiError) {
         ApiError::UnknownTenant => AuthFailReason::UnknownTenant,
         _ => AuthFailReason::BadSignature,
     };
-    app.gate.audit.record(AuditEvent::AuthFailed {
+    app.gate.audit.record_in_background(AuditEvent::AuthFailed {
         reason_code: reason,
         tenant: None,
     });

@@ -106,6 +106,22 @@ impl AuditSink {
         }
     }
 
+    /// Appends `event` on tokio's blocking pool when called inside a runtime, else at once.
+    ///
+    /// For records anyone can trigger in bulk (failed logins, limit refusals): appending
+    /// fsyncs under the log's lock by default, and doing that on an async worker would let a
+    /// flood of 401s or 429s stall every connection on the runtime. Records keep their hash
+    /// chain either way; only their order relative to concurrent records may change.
+    pub fn record_in_background(self: &std::sync::Arc<Self>, event: AuditEvent) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let sink = std::sync::Arc::clone(self);
+                runtime.spawn_blocking(move || sink.record(event));
+            }
+            Err(_) => self.record(event),
+        }
+    }
+
     /// Writes a signed checkpoint now.
     pub fn checkpoint(&self) -> Result<(), AuditError> {
         let mut guard = self

@@ -259,7 +259,7 @@ impl LlamaModel {
         };
         let vector = |name: &str, n: usize| -> Result<VecRef, ModelError> {
             let i = info(name)?;
-            if i.ggml_dtype != GgmlDType::F32 || i.shape.elem_count() != n {
+            if i.ggml_dtype != GgmlDType::F32 || elem_count(i, name)? != n {
                 return Err(ModelError::Unsupported(format!(
                     "{name}: expected {n} f32 values"
                 )));
@@ -656,13 +656,23 @@ fn round_f16(x: &mut [f32]) {
     }
 }
 
+/// Number of elements of a tensor, refusing shapes whose product overflows: candle's
+/// `Shape::elem_count` multiplies unchecked, and GGUF dimensions are arbitrary u64s.
+fn elem_count(info: &gguf_file::TensorInfo, name: &str) -> Result<usize, ModelError> {
+    info.shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| ModelError::Metadata(format!("{name}: shape too large")))
+}
+
 /// Byte span of a tensor inside the tensor-data segment, bounds-checked.
 fn tensor_span(
     info: &gguf_file::TensorInfo,
     data_len: usize,
     name: &str,
 ) -> Result<(usize, usize), ModelError> {
-    let elems = info.shape.elem_count();
+    let elems = elem_count(info, name)?;
     let block = info.ggml_dtype.block_size();
     if !elems.is_multiple_of(block) {
         return Err(ModelError::Metadata(format!(

@@ -37,3 +37,36 @@ fn gguf_tensor_shape_overflow_is_refused() {
     let err = gguf_meta("tensor-shape-overflow").unwrap_err();
     assert!(err.contains("shape too large"), "{err}");
 }
+
+// The next three inputs are the `tiny-llama` seed (fuzz/corpus/gguf_meta/, also copied here)
+// with one metadata field patched, written after reading the load path; the gguf_meta target
+// crashed on each (a division by zero, aborts on allocations of 137 GB and 1.3 TB). The fuzzer
+// also found the block-count case on its own after about 420k executions.
+
+/// The seed itself loads: the cases below fail because of their one patched field.
+#[test]
+fn gguf_tiny_llama_seed_loads() {
+    let built = gguf_meta("tiny-llama").unwrap();
+    assert_eq!(built.model.config().context_length, 64);
+}
+
+/// `llama.vocab_size = 0` with a 0-row embedding table divided by zero computing the row size.
+#[test]
+fn gguf_vocab_size_zero_is_refused() {
+    let err = gguf_meta("vocab-size-zero").unwrap_err();
+    assert!(err.contains("vocab_size is 0"), "{err}");
+}
+
+/// `llama.context_length = u32::MAX` sized the rotary tables for four billion positions.
+#[test]
+fn gguf_huge_context_length_is_refused() {
+    let err = gguf_meta("context-length-u32-max").unwrap_err();
+    assert!(err.contains("context_length 4294967295 above"), "{err}");
+}
+
+/// `llama.block_count = u32::MAX` reserved four billion layers before reading any tensor.
+#[test]
+fn gguf_huge_block_count_fails_on_the_first_missing_layer() {
+    let err = gguf_meta("block-count-u32-max").unwrap_err();
+    assert!(err.contains("missing tensor blk.1."), "{err}");
+}

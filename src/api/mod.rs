@@ -5,7 +5,9 @@
 
 pub mod admin;
 pub mod admission;
-mod dto;
+// Public (hidden) only so the `request_json` fuzz target can deserialize the exact wire types.
+#[doc(hidden)]
+pub mod dto;
 mod error;
 mod extract;
 mod handlers;

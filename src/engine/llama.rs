@@ -58,6 +58,11 @@ pub enum ModelError {
     Kv(#[from] KvError),
 }
 
+/// Largest context window a model may declare. The rotary tables are precomputed for every
+/// position (context × head_dim × 4 bytes: 64 MiB at 128 Ki positions and head_dim 128), so an
+/// unbounded `llama.context_length` would be an allocation of any size the file asks for.
+pub const MAX_CONTEXT_LENGTH: usize = 128 * 1024;
+
 impl LlamaConfig {
     pub fn from_metadata(ct: &gguf_file::Content) -> Result<Self, ModelError> {
         let get = |k: &str| {
@@ -92,6 +97,16 @@ impl LlamaConfig {
                 .map_err(|e| ModelError::Metadata(e.to_string()))?
                 .len(),
         };
+        // The embedding table has `vocab` rows; an empty one would divide by zero at load.
+        if vocab == 0 {
+            return Err(ModelError::Metadata("vocab_size is 0".into()));
+        }
+        let context_length = u("llama.context_length").unwrap_or(2048);
+        if context_length > MAX_CONTEXT_LENGTH {
+            return Err(ModelError::Unsupported(format!(
+                "context_length {context_length} above {MAX_CONTEXT_LENGTH}"
+            )));
+        }
         let f = |k: &str, default: f32| -> Result<f32, ModelError> {
             match ct.metadata.get(k) {
                 Some(v) => v
@@ -107,7 +122,7 @@ impl LlamaConfig {
             n_kv_head,
             head_dim: n_embd / n_head,
             vocab,
-            context_length: u("llama.context_length").unwrap_or(2048),
+            context_length,
             rope_base: f("llama.rope.freq_base", 10_000.0)?,
             rms_eps: f("llama.attention.layer_norm_rms_epsilon", 1e-5)?,
         })
@@ -259,7 +274,7 @@ impl LlamaModel {
         };
         let vector = |name: &str, n: usize| -> Result<VecRef, ModelError> {
             let i = info(name)?;
-            if i.ggml_dtype != GgmlDType::F32 || i.shape.elem_count() != n {
+            if i.ggml_dtype != GgmlDType::F32 || elem_count(i, name)? != n {
                 return Err(ModelError::Unsupported(format!(
                     "{name}: expected {n} f32 values"
                 )));
@@ -296,7 +311,9 @@ impl LlamaModel {
 
         let d = cfg.n_embd;
         let kvd = cfg.n_kv_head * cfg.head_dim;
-        let mut layers = Vec::with_capacity(cfg.n_layer);
+        // `block_count` comes from the file: reserve no more layers than there are tensors, so a
+        // huge count fails on the first missing tensor instead of allocating for all of them.
+        let mut layers = Vec::with_capacity(cfg.n_layer.min(ct.tensor_infos.len()));
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
             let layer = Layer {
@@ -656,13 +673,23 @@ fn round_f16(x: &mut [f32]) {
     }
 }
 
+/// Number of elements of a tensor, refusing shapes whose product overflows: candle's
+/// `Shape::elem_count` multiplies unchecked, and GGUF dimensions are arbitrary u64s.
+fn elem_count(info: &gguf_file::TensorInfo, name: &str) -> Result<usize, ModelError> {
+    info.shape
+        .dims()
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| ModelError::Metadata(format!("{name}: shape too large")))
+}
+
 /// Byte span of a tensor inside the tensor-data segment, bounds-checked.
 fn tensor_span(
     info: &gguf_file::TensorInfo,
     data_len: usize,
     name: &str,
 ) -> Result<(usize, usize), ModelError> {
-    let elems = info.shape.elem_count();
+    let elems = elem_count(info, name)?;
     let block = info.ggml_dtype.block_size();
     if !elems.is_multiple_of(block) {
         return Err(ModelError::Metadata(format!(

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 pub use kv::{
     KvBlock, KvError, KvShape, SeqCache, TenantPool, BLOCK_POSITIONS, DEFAULT_KV_POOL_BYTES,
 };
-pub use llama::{LlamaConfig, LlamaModel, ModelError};
+pub use llama::{LlamaConfig, LlamaModel, ModelError, MAX_CONTEXT_LENGTH};
 
 use crate::metrics::Metrics;
 use crate::sampling::{LogitsPipeline, PipelineParams, SamplingParams, StopMatcher, TokenLogprob};

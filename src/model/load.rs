@@ -193,30 +193,55 @@ pub fn open_sealed(
     let kek = format!("{}@{}", kek_ref.id, kek_ref.version);
     let publisher = header.publisher_key_id().to_string();
 
-    let model_err = |reason: String| LoadError::Model {
-        path: p.clone(),
-        reason,
-    };
-    let ct = gguf_file::Content::read(&mut Cursor::new(&meta[..]))
-        .map_err(|e| model_err(e.to_string()))?;
-    if ct.tensor_data_offset != header.meta_len() {
-        return Err(model_err(
-            "GGUF header length does not match the sealed meta segment".into(),
-        ));
-    }
-    let spec = super::tokenizer_spec(&ct).map_err(model_err)?;
-    let tokenizer = ModelTokenizer::from_spec(&spec).map_err(|e| model_err(e.to_string()))?;
-    let chat = ChatTemplate::from_spec(&spec).map_err(|e| model_err(e.to_string()))?;
-    let model = LlamaModel::load(&ct, weights.clone()).map_err(|e| model_err(e.to_string()))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let built =
+        build_model(&meta, weights.clone(), threads).map_err(|reason| LoadError::Model {
+            path: p.clone(),
+            reason,
+        })?;
     Ok(LoadedModel {
-        model: Arc::new(model),
-        tokenizer: Arc::new(tokenizer),
-        chat,
+        model: Arc::new(built.model),
+        tokenizer: Arc::new(built.tokenizer),
+        chat: built.chat,
         kek,
         kek_ref,
         publisher,
         weights_locked: weights.is_locked(),
         weights,
+    })
+}
+
+/// What the host builds from a model's GGUF header and tensor data.
+#[derive(Debug)]
+pub struct BuiltModel {
+    pub model: LlamaModel,
+    pub tokenizer: ModelTokenizer,
+    pub chat: ChatTemplate,
+}
+
+/// Parses `meta` (exactly the GGUF header: metadata and tensor infos, up to the tensor data) and
+/// builds the model over `weights` (the tensor data), with the tokenizer and chat template from
+/// the metadata. The error is a one-line reason.
+///
+/// Public because it is the whole host-side GGUF parsing path of [`open_sealed`], run by the
+/// `gguf_meta` fuzz target on arbitrary bytes.
+pub fn build_model(
+    meta: &[u8],
+    weights: Arc<LockedRegion>,
+    threads: usize,
+) -> Result<BuiltModel, String> {
+    let ct = gguf_file::Content::read(&mut Cursor::new(meta)).map_err(|e| e.to_string())?;
+    if ct.tensor_data_offset != meta.len() as u64 {
+        return Err("GGUF header length does not match the sealed meta segment".into());
+    }
+    let spec = super::tokenizer_spec(&ct)?;
+    let tokenizer = ModelTokenizer::from_spec(&spec).map_err(|e| e.to_string())?;
+    let chat = ChatTemplate::from_spec(&spec).map_err(|e| e.to_string())?;
+    let model = LlamaModel::load_with_threads(&ct, weights, threads).map_err(|e| e.to_string())?;
+    Ok(BuiltModel {
+        model,
+        tokenizer,
+        chat,
     })
 }
 

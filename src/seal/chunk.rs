@@ -146,10 +146,75 @@ fn verify_with(
     expected.as_slice().ct_eq(tag).into()
 }
 
-/// The AEAD state for one segment of one file: key schedule, nonce prefix and AAD.
-pub struct SegmentCipher {
+/// AES-256-GCM over one chunk with an explicit nonce and AAD: the only place the container's
+/// chunk AEAD happens. [`SegmentCipher`] adds the STREAM nonce and the header-bound AAD on top.
+///
+/// Why a separate type: the nonce and AAD a segment uses are fixed by the format, so known-answer
+/// vectors (Wycheproof, NIST) with arbitrary nonces and AADs can only reach the AEAD code through
+/// this layer — and they then test exactly the code the reader and writer run.
+pub struct ChunkAead {
     gcm: Aes256Gcm,
     aes: Aes256,
+}
+
+impl ChunkAead {
+    /// Prepares the key schedules for `key`.
+    pub fn new(key: &[u8; 32]) -> Self {
+        ChunkAead {
+            gcm: Aes256Gcm::new(key.into()),
+            aes: Aes256::new(key.into()),
+        }
+    }
+
+    /// Encrypts `buf` in place and returns its tag.
+    pub fn seal_in_place(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], SealError> {
+        let tag = self
+            .gcm
+            .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+            .map_err(|_| SealError::InvalidParams("chunk too long for AES-GCM"))?;
+        Ok(tag.into())
+    }
+
+    /// Decrypts `buf` in place; on failure `buf` is left as ciphertext (aes-gcm does not
+    /// decrypt unless the tag verifies) and the error is [`SealError::Rejected`].
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), SealError> {
+        self.gcm
+            .decrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .map_err(|_| SealError::Rejected)
+    }
+
+    /// Checks `tag` over `ciphertext` without decrypting (see [`verify_tag_without_decrypting`]).
+    pub fn verify(
+        &self,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        ciphertext: &[u8],
+        tag: &[u8; TAG_LEN],
+    ) -> bool {
+        verify_with(&self.aes, nonce, aad, ciphertext, tag)
+    }
+}
+
+impl fmt::Debug for ChunkAead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChunkAead(<redacted>)")
+    }
+}
+
+/// The AEAD state for one segment of one file: key schedule, nonce prefix and AAD.
+pub struct SegmentCipher {
+    aead: ChunkAead,
     nonce_prefix: [u8; NONCE_PREFIX_LEN],
     aad: [u8; CHUNK_AAD_LEN],
 }
@@ -163,8 +228,7 @@ impl SegmentCipher {
         segment: Segment,
     ) -> Self {
         SegmentCipher {
-            gcm: Aes256Gcm::new(key.as_bytes().into()),
-            aes: Aes256::new(key.as_bytes().into()),
+            aead: ChunkAead::new(key.as_bytes()),
             nonce_prefix: *nonce_prefix,
             aad: chunk_aad(header_hash, segment),
         }
@@ -178,15 +242,11 @@ impl SegmentCipher {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], SealError> {
         let nonce = chunk_nonce(&self.nonce_prefix, index, is_last);
-        let tag = self
-            .gcm
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &self.aad, buf)
-            .map_err(|_| SealError::InvalidParams("chunk too long for AES-GCM"))?;
-        Ok(tag.into())
+        self.aead.seal_in_place(&nonce, &self.aad, buf)
     }
 
-    /// Decrypts chunk `index` in place; on failure `buf` is left as ciphertext (aes-gcm does
-    /// not decrypt unless the tag verifies) and the error is [`SealError::Rejected`].
+    /// Decrypts chunk `index` in place; on failure `buf` is left as ciphertext and the error is
+    /// [`SealError::Rejected`].
     pub fn open_in_place(
         &self,
         index: u32,
@@ -195,14 +255,7 @@ impl SegmentCipher {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), SealError> {
         let nonce = chunk_nonce(&self.nonce_prefix, index, is_last);
-        self.gcm
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
-                &self.aad,
-                buf,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| SealError::Rejected)
+        self.aead.open_in_place(&nonce, &self.aad, buf, tag)
     }
 
     /// Checks chunk `index`'s tag over its ciphertext without decrypting.
@@ -214,7 +267,7 @@ impl SegmentCipher {
         tag: &[u8; TAG_LEN],
     ) -> bool {
         let nonce = chunk_nonce(&self.nonce_prefix, index, is_last);
-        verify_with(&self.aes, &nonce, &self.aad, ciphertext, tag)
+        self.aead.verify(&nonce, &self.aad, ciphertext, tag)
     }
 }
 

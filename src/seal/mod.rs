@@ -91,7 +91,7 @@ pub mod writer;
 mod tests;
 
 pub use chunk::{
-    chunk_aad, chunk_nonce, ctr_initial_block, verify_tag_without_decrypting, SegmentKey,
+    chunk_aad, chunk_nonce, ctr_initial_block, verify_tag_without_decrypting, ChunkAead, SegmentKey,
 };
 pub use error::SealError;
 pub use format::{

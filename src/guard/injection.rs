@@ -698,6 +698,9 @@ mod tests {
             assert!(v.signals.contains(signal), "{signal:?} lost: {v:?}");
         }
         // And the hiding itself is an obfuscation signal.
-        assert!(v.signals.iter().any(|s| s.id == "zero_width_in_word"), "{v:?}");
+        assert!(
+            v.signals.iter().any(|s| s.id == "zero_width_in_word"),
+            "{v:?}"
+        );
     }
 }

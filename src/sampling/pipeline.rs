@@ -237,11 +237,14 @@ fn round(v: f32, step: Option<f32>) -> f32 {
 
 /// `ln Σ exp(l)` over the finite logits (terms in `f32`, their sum in `f64`).
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|l| l.is_finite())
-        .fold(f32::NEG_INFINITY, f32::max);
+    // A select rather than `filter`, so the scan vectorizes.
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| {
+        if l > m && l.is_finite() {
+            l
+        } else {
+            m
+        }
+    });
     if !max.is_finite() {
         return 0.0;
     }

@@ -28,6 +28,8 @@ pub struct Sampler {
     rng: ChaCha12Rng,
     /// Unnormalized probabilities by token id (reused across steps).
     probs: Vec<f32>,
+    /// Their sums per `fastexp::CHUNK` ids.
+    chunk_mass: Vec<f32>,
     /// `(id, probability)` pairs for nucleus selection (reused across steps).
     scratch: Vec<(u32, f32)>,
 }
@@ -38,6 +40,7 @@ impl Sampler {
             params,
             rng: ChaCha12Rng::seed_from_u64(params.seed),
             probs: Vec::new(),
+            chunk_mass: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -56,7 +59,14 @@ impl Sampler {
         self.probs.clear();
         self.probs
             .extend(logits.iter().map(|&l| fastexp::exp((l - max) * inv_t)));
-        let total: f32 = self.probs.iter().sum();
+        // Per-chunk masses: a vectorized total, and a draw that skips whole chunks.
+        self.chunk_mass.clear();
+        self.chunk_mass.extend(
+            self.probs
+                .chunks(fastexp::CHUNK)
+                .map(|c| fastexp::lane_sum(c, |p| p)),
+        );
+        let total: f32 = self.chunk_mass.iter().sum();
         // Only nucleus sampling needs the candidates in order; without it the draw walks the
         // vocabulary in id order (same distribution, no sort per token).
         if self.params.top_p < 1.0 {
@@ -68,10 +78,17 @@ impl Sampler {
             let mass: f32 = kept.iter().map(|p| p.1).sum();
             return draw(kept.iter().copied(), self.rng.gen::<f32>() * mass);
         }
-        draw(
-            (0u32..).zip(self.probs.iter().copied()),
-            self.rng.gen::<f32>() * total,
-        )
+        let mut r = self.rng.gen::<f32>() * total;
+        // Skip the chunks the draw passes over whole, then walk the one it lands in.
+        let mut start = 0;
+        for (i, &m) in self.chunk_mass.iter().enumerate() {
+            if r < m || i + 1 == self.chunk_mass.len() {
+                start = i * fastexp::CHUNK;
+                break;
+            }
+            r -= m;
+        }
+        draw((start as u32..).zip(self.probs[start..].iter().copied()), r)
     }
 }
 
@@ -194,6 +211,19 @@ mod tests {
                 assert_eq!(got[..k], full[..k]);
             }
         }
+    }
+
+    #[test]
+    fn draw_across_chunks_follows_the_distribution() {
+        // Mass in chunk 0 (id 10) and chunk 14 (id 900) only: the chunk skip must land right.
+        let mut logits = vec![-100.0f32; 1000];
+        logits[10] = 3f32.ln();
+        logits[900] = 0.0;
+        let mut s = Sampler::new(params(1.0, 1.0, 17));
+        let draws: Vec<u32> = (0..4000).map(|_| s.sample(&logits)).collect();
+        assert!(draws.iter().all(|&t| t == 10 || t == 900));
+        let tens = draws.iter().filter(|&&t| t == 10).count();
+        assert!((2800..3200).contains(&tens), "got {tens}");
     }
 
     #[test]

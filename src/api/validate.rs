@@ -30,7 +30,7 @@ impl Default for RequestLimits {
     }
 }
 
-const MAX_STOP_SEQUENCES: usize = 4;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_STOP_BYTES: usize = 256;
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 

@@ -78,7 +78,10 @@ fn document_states_auth_constraints_and_errors() {
     assert_eq!(chat["additionalProperties"], false);
     assert_eq!(chat["required"], json!(["model", "messages"]));
     assert_eq!(chat["properties"]["temperature"]["maximum"], 2);
-    assert_eq!(chat["properties"]["logprobs"]["type"], json!(["boolean", "null"]));
+    assert_eq!(
+        chat["properties"]["logprobs"]["type"],
+        json!(["boolean", "null"])
+    );
     let completion = &schemas["CompletionRequest"];
     assert_eq!(completion["properties"]["logprobs"]["maximum"], 20);
     assert_eq!(completion["properties"]["max_tokens"]["minimum"], 1);
@@ -156,4 +159,22 @@ async fn logprobs_forms_are_per_endpoint() {
             .map(|m| m.len() <= 2),
         Some(true)
     );
+}
+
+/// The input guard names the field the text came from (found reading the schemathesis run:
+/// a completions prompt was reported as `messages`).
+#[tokio::test]
+async fn input_guard_errors_name_the_prompt_on_completions() {
+    let token = fixture().token("demo", &[Scope::Inference]);
+    let resp = client()
+        .post(format!("{}/v1/completions", server().url))
+        .bearer_auth(&token)
+        .json(&json!({ "model": MODEL_ID, "max_tokens": 1, "prompt": "a\u{7}b" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_prompt");
+    assert_eq!(body["error"]["param"], "prompt");
 }

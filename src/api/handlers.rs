@@ -175,7 +175,11 @@ async fn generate(
         rand::thread_rng().gen(),
     )?;
     // After the schema and context checks, so those errors keep their precedence.
-    input_guard(app, &caller.tenant, user_text)?;
+    let param = match kind {
+        Kind::Completion => "prompt",
+        Kind::Chat => "messages",
+    };
+    input_guard(app, &caller.tenant, user_text, param)?;
     watch_extraction(app, &caller.tenant, user_text, &valid)?;
     respond(app, &caller.tenant, valid, kind).await
 }
@@ -433,11 +437,17 @@ async fn respond(
 /// The input guard: length/control-character limits, then the prompt-injection score, acted
 /// on per the tenant's policy. Decisions are logged with the policy version and the pattern
 /// ids, never the prompt.
-fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiError> {
+/// `param` names the field the text came from (`prompt` or `messages`).
+fn input_guard(
+    app: &AppState,
+    tenant: &Tenant,
+    text: &str,
+    param: &'static str,
+) -> Result<(), ApiError> {
     let decision =
         check_input(&tenant.plan.guard.input, text).map_err(|e| ApiError::InvalidRequest {
             message: format!("the prompt was refused by the input policy ({POLICY_VERSION}): {e}"),
-            param: Some("messages"),
+            param: Some(param),
             code: Some("invalid_prompt"),
         })?;
     let ids: Vec<&str> = decision.signals.iter().map(|s| s.id).collect();
@@ -472,7 +482,7 @@ fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiErr
                     "the prompt was rejected by the prompt-injection policy ({})",
                     decision.policy_version
                 ),
-                param: Some("messages"),
+                param: Some(param),
                 code: Some("prompt_rejected"),
             })
         }

@@ -56,6 +56,8 @@ enum Command {
     /// The output watermark.
     #[command(subcommand)]
     Watermark(WatermarkCommand),
+    /// Print the OpenAPI 3.1 document of the public API (what `GET /openapi.json` serves).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -209,6 +211,10 @@ fn main() -> Result<()> {
         Command::Serve { config } => serve(&config),
         Command::Seal(args) => seal(args),
         Command::Verify(args) => verify(args),
+        Command::Openapi => {
+            println!("{}", cloister::api::openapi::json());
+            Ok(())
+        }
         Command::Token(TokenCommand::Mint {
             tenant,
             scopes,

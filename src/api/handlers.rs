@@ -39,6 +39,35 @@ use crate::watermark::WatermarkParams;
 /// Events buffered between the engine and a slow client before the engine waits.
 const EVENT_BUFFER: usize = 64;
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "inference",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion: one JSON object, or with `stream: true` server-sent \
+            events (`data: <chunk JSON>` lines ending in `data: [DONE]`).",
+            content(
+                (crate::api::openapi::Completion = "application/json"),
+                (String = "text/event-stream"),
+            ),
+            headers(("x-cloister-watermark" = String,
+                description = "Id of the watermark key the sampled output carries."))),
+        (status = 400, description = "Invalid request: a parameter out of range or refused by \
+            the plan, the context window exceeded, an unknown parameter, or an unparsable body.",
+            body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "The model does not exist or the tenant may not use it.",
+            body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Over a rate limit (`retry-after`), the token quota, the \
+            tenant's queue or the server's queue.",
+            body = crate::api::openapi::ErrorBody, headers(
+                ("retry-after" = u64, description = "Seconds to wait (rate limits, full queues)."),
+                ("retry-after-ms" = u64, description = "Milliseconds to wait (rate limits)."))),
+        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The engine has stopped.",
+            body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn completions(
     State(app): State<AppState>,
     caller: Caller,
@@ -46,19 +75,49 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     let result = async {
         caller.principal.require(Scope::Inference)?;
-        app.check_model(&caller.tenant, &req.model)?;
-        let prompt = validate::completion_prompt(req.prompt, &app.limits)?;
+        let (model, prompt, params) = req.into_parts();
+        app.check_model(&caller.tenant, &model)?;
+        let prompt = validate::completion_prompt(prompt, &app.limits)?;
         let ids =
             app.model.tokenizer.encode_text(&prompt).map_err(|_| {
                 ApiError::invalid("the prompt could not be tokenized", Some("prompt"))
             })?;
-        generate(&app, &caller, req.params, ids, &prompt, Kind::Completion).await
+        generate(&app, &caller, params, ids, &prompt, Kind::Completion).await
     }
     .await;
     count(&app, &caller.tenant, "completions", &result);
     result
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "inference",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The chat completion: one JSON object, or with `stream: true` server-sent \
+            events (`data: <chunk JSON>` lines ending in `data: [DONE]`).",
+            content(
+                (crate::api::openapi::ChatCompletion = "application/json"),
+                (String = "text/event-stream"),
+            ),
+            headers(("x-cloister-watermark" = String,
+                description = "Id of the watermark key the sampled output carries."))),
+        (status = 400, description = "Invalid request: a parameter out of range or refused by \
+            the plan, the context window exceeded, an unknown parameter, or an unparsable body.",
+            body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "The model does not exist or the tenant may not use it.",
+            body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Over a rate limit (`retry-after`), the token quota, the \
+            tenant's queue or the server's queue.",
+            body = crate::api::openapi::ErrorBody, headers(
+                ("retry-after" = u64, description = "Seconds to wait (rate limits, full queues)."),
+                ("retry-after-ms" = u64, description = "Milliseconds to wait (rate limits)."))),
+        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The engine has stopped.",
+            body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn chat_completions(
     State(app): State<AppState>,
     caller: Caller,
@@ -66,8 +125,9 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let result = async {
         caller.principal.require(Scope::Inference)?;
-        app.check_model(&caller.tenant, &req.model)?;
-        let messages = validate::chat_messages(req.messages, &app.limits)?;
+        let (model, messages, params) = req.into_parts();
+        app.check_model(&caller.tenant, &model)?;
+        let messages = validate::chat_messages(messages, &app.limits)?;
         let text = messages
             .iter()
             .map(|m| m.content.as_str())
@@ -80,7 +140,7 @@ pub async fn chat_completions(
             .map_err(|_| {
                 ApiError::invalid("the messages could not be rendered", Some("messages"))
             })?;
-        generate(&app, &caller, req.params, ids, &text, Kind::Chat).await
+        generate(&app, &caller, params, ids, &text, Kind::Chat).await
     }
     .await;
     count(&app, &caller.tenant, "chat_completions", &result);
@@ -115,7 +175,11 @@ async fn generate(
         rand::thread_rng().gen(),
     )?;
     // After the schema and context checks, so those errors keep their precedence.
-    input_guard(app, &caller.tenant, user_text)?;
+    let param = match kind {
+        Kind::Completion => "prompt",
+        Kind::Chat => "messages",
+    };
+    input_guard(app, &caller.tenant, user_text, param)?;
     watch_extraction(app, &caller.tenant, user_text, &valid)?;
     respond(app, &caller.tenant, valid, kind).await
 }
@@ -373,11 +437,17 @@ async fn respond(
 /// The input guard: length/control-character limits, then the prompt-injection score, acted
 /// on per the tenant's policy. Decisions are logged with the policy version and the pattern
 /// ids, never the prompt.
-fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiError> {
+/// `param` names the field the text came from (`prompt` or `messages`).
+fn input_guard(
+    app: &AppState,
+    tenant: &Tenant,
+    text: &str,
+    param: &'static str,
+) -> Result<(), ApiError> {
     let decision =
         check_input(&tenant.plan.guard.input, text).map_err(|e| ApiError::InvalidRequest {
             message: format!("the prompt was refused by the input policy ({POLICY_VERSION}): {e}"),
-            param: Some("messages"),
+            param: Some(param),
             code: Some("invalid_prompt"),
         })?;
     let ids: Vec<&str> = decision.signals.iter().map(|s| s.id).collect();
@@ -412,7 +482,7 @@ fn input_guard(app: &AppState, tenant: &Tenant, text: &str) -> Result<(), ApiErr
                     "the prompt was rejected by the prompt-injection policy ({})",
                     decision.policy_version
                 ),
-                param: Some("messages"),
+                param: Some(param),
                 code: Some("prompt_rejected"),
             })
         }
@@ -739,6 +809,13 @@ fn sse(
 }
 
 /// `GET /v1/models`.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "inference",
+    responses((status = 200, description = "The models this tenant may use.",
+        body = crate::api::openapi::ModelList)),
+)]
 pub async fn models(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.principal.require(Scope::Inference)?;
     let data: Vec<Value> = [&app.model.id]

@@ -1,7 +1,7 @@
 //! The HTTP adapter: routes, extractors, DTOs and the one error mapping.
 //!
-//! Every `/v1/*` route needs a valid tenant JWT; `/healthz` and `/readyz` are open and say
-//! nothing about tenants or the model.
+//! Every `/v1/*` route (and `/metrics`) needs a valid tenant JWT; `/healthz`, `/readyz` and
+//! `/openapi.json` are open and say nothing about tenants or the model.
 
 pub mod admin;
 pub mod admission;
@@ -11,6 +11,7 @@ pub mod dto;
 mod error;
 mod extract;
 mod handlers;
+pub mod openapi;
 pub(crate) mod usage;
 pub mod validate;
 mod watermark;
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 pub use error::ApiError;
@@ -89,17 +91,68 @@ impl AppState {
     }
 }
 
+/// Every public route: path, method and handler. The router is built from this list and the
+/// OpenAPI test compares it with the document, so neither can gain a route the other lacks.
+fn public_routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
+    fn route<H, T>(
+        path: &'static str,
+        method: Method,
+        handler: H,
+    ) -> (&'static str, Method, MethodRouter<AppState>)
+    where
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        // Only GET and POST are used, and both convert.
+        let filter = MethodFilter::try_from(method.clone()).unwrap_or(MethodFilter::GET);
+        (path, method, on(filter, handler))
+    }
+    vec![
+        route("/v1/completions", Method::POST, handlers::completions),
+        route(
+            "/v1/chat/completions",
+            Method::POST,
+            handlers::chat_completions,
+        ),
+        route("/v1/models", Method::GET, handlers::models),
+        route("/v1/watermark/detect", Method::POST, watermark::detect),
+        route("/v1/usage", Method::GET, usage::usage),
+        route("/metrics", Method::GET, usage::metrics),
+        route("/healthz", Method::GET, healthz),
+        route("/readyz", Method::GET, readyz),
+        route("/openapi.json", Method::GET, openapi::openapi_json),
+    ]
+}
+
+/// The (path, method) pairs the public router serves.
+pub fn served_routes() -> Vec<(&'static str, Method)> {
+    public_routes()
+        .into_iter()
+        .map(|(path, method, _)| (path, method))
+        .collect()
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/completions", post(handlers::completions))
-        .route("/v1/chat/completions", post(handlers::chat_completions))
-        .route("/v1/models", get(handlers::models))
-        .route("/v1/watermark/detect", post(watermark::detect))
-        .route("/v1/usage", get(usage::usage))
-        .route("/metrics", get(usage::metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+    let mut router = Router::new();
+    for (path, _, handler) in public_routes() {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { ApiError::UnknownRoute })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "`ok`", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the model is loaded and requests are served.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "`ready`", body = String)))]
+async fn readyz() -> &'static str {
+    "ready"
 }

@@ -26,6 +26,16 @@ fn period(p: &PeriodUsage) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "usage",
+    responses(
+        (status = 200, description = "The caller's tenant's token usage and quotas.",
+            body = crate::api::openapi::TenantUsage),
+        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn usage(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.principal.require(Scope::UsageRead)?;
     // The tenant comes from the verified token only: there is no parameter to ask for another.
@@ -52,6 +62,13 @@ pub async fn usage(State(app): State<AppState>, caller: Caller) -> Result<Json<V
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus metrics (scope `admin`).",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)),
+)]
 pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.principal.require(Scope::Admin)?;
     Ok((

@@ -30,7 +30,7 @@ impl Default for RequestLimits {
     }
 }
 
-const MAX_STOP_SEQUENCES: usize = 4;
+pub(crate) const MAX_STOP_SEQUENCES: usize = 4;
 const MAX_STOP_BYTES: usize = 256;
 const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 
@@ -262,10 +262,12 @@ pub fn generation(
             }
             m
         }
+        // A default never exceeds the cap a client could ask for (a plan may cap below 16).
         None => match endpoint {
             Endpoint::Completions => COMPLETIONS_DEFAULT_MAX_TOKENS,
             Endpoint::Chat => limits.chat_default_max_tokens,
         }
+        .min(limits.max_tokens_cap)
         .min(room),
     };
     let stream = params.stream.unwrap_or(false);
@@ -474,6 +476,26 @@ mod tests {
         assert_eq!(v.sampling.temperature, 1.0);
         assert_eq!(v.sampling.seed, 9);
         assert!(!v.stream);
+    }
+
+    #[test]
+    fn completions_default_stays_under_the_cap() {
+        let small = RequestLimits {
+            max_tokens_cap: 8,
+            chat_default_max_tokens: 8,
+            ..RequestLimits::default()
+        };
+        let v = generation(
+            CommonParams::default(),
+            vec![5; 10],
+            BOUNDS,
+            &small,
+            Endpoint::Completions,
+            &ConfidencePolicy::default(),
+            9,
+        )
+        .expect("valid");
+        assert_eq!(v.max_tokens, 8);
     }
 
     #[test]

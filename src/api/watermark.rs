@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::api::error::{rate_headers, ApiError};
 use crate::api::extract::{ApiJson, Caller};
@@ -19,14 +20,34 @@ use crate::watermark::{detect_any, WatermarkKey, WatermarkParams, DEFAULT_THRESH
 /// Most key ids one request may test (each one weakens the corrected p-value).
 const MAX_KEY_IDS: usize = 16;
 
-#[derive(Debug, Deserialize)]
+/// `POST /v1/watermark/detect`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DetectRequest {
+    /// The text to test, at most the server's `limits.max_prompt_bytes` bytes.
     text: String,
-    /// Key ids to test; default: every live key.
+    /// Key ids to test (1 to 16); default: every live key.
+    #[schema(min_items = 1, max_items = 16)]
     key_ids: Option<Vec<String>>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/watermark/detect",
+    tag = "watermark",
+    request_body = DetectRequest,
+    responses(
+        (status = 200, description = "The detector's verdict and statistics.",
+            body = crate::api::openapi::Detection),
+        (status = 400, description = "Invalid body, unknown key id, or no watermark keys \
+            configured.", body = crate::api::openapi::ErrorBody),
+        (status = 429, description = "Over the tenant's request rate.",
+            body = crate::api::openapi::ErrorBody, headers(
+                ("retry-after" = u64, description = "Seconds to wait."),
+                ("retry-after-ms" = u64, description = "Milliseconds to wait."))),
+        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn detect(
     State(app): State<AppState>,
     caller: Caller,

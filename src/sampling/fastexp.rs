@@ -23,14 +23,19 @@ pub fn exp(x: f32) -> f32 {
     // max/min rather than clamp: a NaN input becomes −87 (≈ 0 weight) instead of poisoning sums.
     #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    // t = 1.5·2²³ + n: its low mantissa bits hold n itself (an exact integer there).
+    let t = x * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n through the exponent bits; n ∈ [-126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n through the exponent bits, with n read from t's bits by integer arithmetic: a
+    // float-to-int `as` cast saturates and checks NaN, which keeps the loop from vectorizing.
+    // n ∈ [-126, 127] after the clamp.
+    let n_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     p * scale
 }
 
@@ -62,6 +67,25 @@ pub fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The largest finite value of `xs` (−∞ when there is none), in 8 independent lanes: a single
+/// running maximum is a serial chain the compiler keeps scalar.
+pub fn finite_max(xs: &[f32]) -> f32 {
+    // NaN and ±∞ never win (the comparison with `MAX` filters +∞, `>` filters NaN).
+    let pick = |m: f32, x: f32| if x > m && x <= f32::MAX { x } else { m };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut runs = xs.chunks_exact(8);
+    for c in &mut runs {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = pick(*a, x);
+        }
+    }
+    let tail = runs
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| pick(m, x));
+    acc.iter().fold(tail, |m, &a| pick(m, a))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +105,18 @@ mod tests {
         assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
         assert!(exp(f32::NEG_INFINITY) < 1e-37);
         assert!(exp(f32::NAN) < 1e-37);
+    }
+
+    #[test]
+    fn finite_max_skips_nan_and_infinities() {
+        let mut xs: Vec<f32> = (0..1003).map(|i| (i % 97) as f32 - 50.0).collect();
+        xs[5] = f32::NAN;
+        xs[600] = f32::INFINITY;
+        xs[601] = f32::NEG_INFINITY;
+        xs[1001] = 47.5;
+        assert_eq!(finite_max(&xs), 47.5);
+        assert_eq!(finite_max(&[f32::NAN, f32::INFINITY]), f32::NEG_INFINITY);
+        assert_eq!(finite_max(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

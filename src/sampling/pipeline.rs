@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::sampling::fastexp;
 use crate::sampling::noise::NoiseKey;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::watermark::bias::top_candidates;
 use crate::watermark::{apply_bias, WatermarkKey, WatermarkParams};
 
 /// How many previous tokens the pipeline keeps for the watermark context (≥ the largest `h − 1`).
@@ -197,7 +198,7 @@ impl Snapshot {
                 .map(|(scale, (key, position))| (key.clone(), scale, position)),
         };
         let lse = log_sum_exp(logits);
-        let top = top_k(logits, spec.top)
+        let top = top_candidates(logits, spec.top)
             .into_iter()
             .map(|id| (id, release.value(logprob(logits, id, lse), id)))
             .collect();
@@ -237,14 +238,7 @@ fn round(v: f32, step: Option<f32>) -> f32 {
 
 /// `ln Σ exp(l)` over the finite logits (terms in `f32`, their sum in `f64`).
 pub fn log_sum_exp(logits: &[f32]) -> f64 {
-    // A select rather than `filter`, so the scan vectorizes.
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| {
-        if l > m && l.is_finite() {
-            l
-        } else {
-            m
-        }
-    });
+    let max = fastexp::finite_max(logits);
     if !max.is_finite() {
         return 0.0;
     }
@@ -256,23 +250,6 @@ pub fn log_sum_exp(logits: &[f32]) -> f64 {
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let lse = log_sum_exp(logits);
     logits.iter().map(|&l| (l as f64 - lse) as f32).collect()
-}
-
-/// Ids of the `k` largest finite logits, largest first, lower id first on ties.
-fn top_k(logits: &[f32], k: usize) -> Vec<u32> {
-    let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
-    if k == 0 {
-        return Vec::new();
-    }
-    for (id, &x) in (0u32..).zip(logits) {
-        if !x.is_finite() || (best.len() == k && best.last().is_some_and(|&(w, _)| x <= w)) {
-            continue;
-        }
-        let at = best.partition_point(|&(v, _)| v >= x);
-        best.insert(at, (x, id));
-        best.truncate(k);
-    }
-    best.into_iter().map(|(_, id)| id).collect()
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ impl Sampler {
             return argmax(logits);
         }
         let inv_t = 1.0 / self.params.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = fastexp::finite_max(logits);
         self.probs.clear();
         self.probs
             .extend(logits.iter().map(|&l| fastexp::exp((l - max) * inv_t)));

@@ -61,22 +61,33 @@ pub fn apply_bias(
 /// A bounded sorted buffer instead of sorting 49,152 entries: one pass, no allocation beyond
 /// `k` entries, and almost every logit is rejected by one comparison with the current k-th.
 /// The caller has checked that every index fits in `u32`.
-pub(super) fn top_candidates(logits: &[f32], k: usize) -> Vec<u32> {
+pub(crate) fn top_candidates(logits: &[f32], k: usize) -> Vec<u32> {
     let mut best: Vec<(f32, u32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return Vec::new();
     }
-    for (id, &x) in (0u32..).zip(logits) {
-        if !x.is_finite() {
-            continue;
+    // Runs of 8 are first tested as a whole against the current k-th ("is any larger?"): an
+    // OR of 8 independent compares vectorizes, and once the buffer is full almost every run
+    // fails it, so the per-entry work below is rare.
+    for (run, xs) in (0u32..).step_by(8).zip(logits.chunks(8)) {
+        if best.len() == k {
+            let worst = best.last().map_or(f32::NEG_INFINITY, |b| b.0);
+            if !xs.iter().fold(false, |any, &x| any | (x > worst)) {
+                continue;
+            }
         }
-        if best.len() == k && best.last().is_some_and(|&(worst, _)| x <= worst) {
-            continue;
+        for (id, &x) in (run..).zip(xs) {
+            if !x.is_finite() {
+                continue;
+            }
+            if best.len() == k && best.last().is_some_and(|&(worst, _)| x <= worst) {
+                continue;
+            }
+            // After every entry >= x: equal logits keep ascending id order.
+            let at = best.partition_point(|&(v, _)| v >= x);
+            best.insert(at, (x, id));
+            best.truncate(k);
         }
-        // After every entry >= x: equal logits keep ascending id order.
-        let at = best.partition_point(|&(v, _)| v >= x);
-        best.insert(at, (x, id));
-        best.truncate(k);
     }
     best.into_iter().map(|(_, id)| id).collect()
 }

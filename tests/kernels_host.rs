@@ -8,75 +8,15 @@
 use aes::cipher::{BlockEncrypt, KeyInit, KeyIvInit, StreamCipher};
 use aes_gcm::aead::AeadInPlace;
 use aes_gcm::{Aes256Gcm, Nonce};
-use cloister::gpu::aes_key_schedule::Aes256RoundKeys;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
+#[path = "kernel_shim/mod.rs"]
+mod kernel_shim;
+
+use kernel_shim::{ctr as kernel_ctr, ctr_in_place as kernel_ctr_in_place, zero as kernel_zero};
+
 type Ctr32 = ctr::Ctr32BE<aes::Aes256>;
-
-extern "C" {
-    fn aes256_ctr_host(
-        round_keys: *const u32,
-        initial_block: *const u8,
-        input: *const u8,
-        out: *mut u8,
-        len: u64,
-        block_offset: u64,
-        grid: u32,
-    );
-    fn zero_fill_host(p: *mut u8, len: u64, grid: u32);
-    fn aes256_encrypt_block_host(round_keys: *const u32, input: *const u8, out: *mut u8);
-}
-
-/// Runs the CTR kernel from `input` into `out` (same length).
-fn kernel_ctr(
-    key: &[u8; 32],
-    block: &[u8; 16],
-    input: &[u8],
-    out: &mut [u8],
-    offset: u64,
-    grid: u32,
-) {
-    assert_eq!(input.len(), out.len());
-    let rk = Aes256RoundKeys::expand(key);
-    // SAFETY: rk has 60 words, block 16 bytes, input/out are valid for len bytes each and do not
-    // overlap (distinct borrows); the shim reads/writes only within those bounds.
-    unsafe {
-        aes256_ctr_host(
-            rk.as_words().as_ptr(),
-            block.as_ptr(),
-            input.as_ptr(),
-            out.as_mut_ptr(),
-            input.len() as u64,
-            offset,
-            grid,
-        );
-    }
-}
-
-/// Runs the CTR kernel in place (in == out), as a decrypt into the upload buffer would.
-fn kernel_ctr_in_place(key: &[u8; 32], block: &[u8; 16], buf: &mut [u8], offset: u64, grid: u32) {
-    let rk = Aes256RoundKeys::expand(key);
-    let p = buf.as_mut_ptr();
-    // SAFETY: as above; the kernel allows in == out exactly (each 16-byte block is read before it
-    // is written, by the same thread).
-    unsafe {
-        aes256_ctr_host(
-            rk.as_words().as_ptr(),
-            block.as_ptr(),
-            p,
-            p,
-            buf.len() as u64,
-            offset,
-            grid,
-        );
-    }
-}
-
-fn kernel_zero(buf: &mut [u8], grid: u32) {
-    // SAFETY: the shim writes exactly buf.len() bytes starting at buf's pointer.
-    unsafe { zero_fill_host(buf.as_mut_ptr(), buf.len() as u64, grid) }
-}
 
 /// RustCrypto reference: CTR with a 32-bit big-endian wrapping counter, exactly GCM's payload
 /// keystream when `block` = nonce ‖ 2.
@@ -120,10 +60,7 @@ const LENGTHS: [usize; 7] = [0, 1, 15, 16, 17, 4096, (1 << 20) + 5];
 fn core_matches_fips197_appendix_c3() {
     let key: [u8; 32] = core::array::from_fn(|i| i as u8);
     let pt: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
-    let rk = Aes256RoundKeys::expand(&key);
-    let mut ct = [0u8; 16];
-    // SAFETY: 60 round-key words, 16-byte input and output.
-    unsafe { aes256_encrypt_block_host(rk.as_words().as_ptr(), pt.as_ptr(), ct.as_mut_ptr()) };
+    let ct = kernel_shim::encrypt_block(&key, &pt);
     let expected = [
         0x8e, 0xa2, 0xb7, 0xca, 0x51, 0x67, 0x45, 0xbf, 0xea, 0xfc, 0x49, 0x90, 0x4b, 0x49, 0x60,
         0x89,
@@ -137,10 +74,7 @@ fn core_matches_rustcrypto_on_random_blocks() {
     for _ in 0..200 {
         let key: [u8; 32] = rng.gen();
         let pt: [u8; 16] = rng.gen();
-        let rk = Aes256RoundKeys::expand(&key);
-        let mut ct = [0u8; 16];
-        // SAFETY: 60 round-key words, 16-byte input and output.
-        unsafe { aes256_encrypt_block_host(rk.as_words().as_ptr(), pt.as_ptr(), ct.as_mut_ptr()) };
+        let ct = kernel_shim::encrypt_block(&key, &pt);
         let mut expected = aes::Block::from(pt);
         aes::Aes256::new(&key.into()).encrypt_block(&mut expected);
         assert_eq!(ct, expected.as_slice());

@@ -53,19 +53,7 @@ const EVENT_BUFFER: usize = 64;
             ),
             headers(("x-cloister-watermark" = String,
                 description = "Id of the watermark key the sampled output carries."))),
-        (status = 400, description = "Invalid request: a parameter out of range or refused by \
-            the plan, the context window exceeded, an unknown parameter, or an unparsable body.",
-            body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "The model does not exist or the tenant may not use it.",
-            body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "Over a rate limit (`retry-after`), the token quota, the \
-            tenant's queue or the server's queue.",
-            body = crate::api::openapi::ErrorBody, headers(
-                ("retry-after" = u64, description = "Seconds to wait (rate limits, full queues)."),
-                ("retry-after-ms" = u64, description = "Milliseconds to wait (rate limits)."))),
-        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "The engine has stopped.",
-            body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::GenerationErrors,
     ),
 )]
 pub async fn completions(
@@ -103,19 +91,7 @@ pub async fn completions(
             ),
             headers(("x-cloister-watermark" = String,
                 description = "Id of the watermark key the sampled output carries."))),
-        (status = 400, description = "Invalid request: a parameter out of range or refused by \
-            the plan, the context window exceeded, an unknown parameter, or an unparsable body.",
-            body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "The model does not exist or the tenant may not use it.",
-            body = crate::api::openapi::ErrorBody),
-        (status = 429, description = "Over a rate limit (`retry-after`), the token quota, the \
-            tenant's queue or the server's queue.",
-            body = crate::api::openapi::ErrorBody, headers(
-                ("retry-after" = u64, description = "Seconds to wait (rate limits, full queues)."),
-                ("retry-after-ms" = u64, description = "Milliseconds to wait (rate limits)."))),
-        (status = 500, description = "Internal error.", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "The engine has stopped.",
-            body = crate::api::openapi::ErrorBody),
+        crate::api::openapi::GenerationErrors,
     ),
 )]
 pub async fn chat_completions(

@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::api::dto::{
     ChatMessageIn, ChatRequest, CommonParams, CompletionRequest, ContentPart, MessageContent,
@@ -31,6 +31,38 @@ use crate::api::watermark::DetectRequest;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorObject,
+}
+
+/// The error answers both generation endpoints document (`responses(..., GenerationErrors)`).
+/// Documentation only: the handlers answer through `ApiError`, which this mirrors.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum GenerationErrors {
+    #[response(
+        status = 400,
+        description = "Invalid request: a parameter out of range or refused by the plan, the \
+            context window exceeded, an unknown parameter, or an unparsable body."
+    )]
+    BadRequest(ErrorBody),
+    #[response(
+        status = 404,
+        description = "The model does not exist or the tenant may not use it."
+    )]
+    NotFound(ErrorBody),
+    #[response(
+        status = 429,
+        description = "Over a rate limit (`retry-after`), the token quota, the tenant's queue or \
+            the server's queue.",
+        headers(
+            ("retry-after" = u64, description = "Seconds to wait (rate limits, full queues)."),
+            ("retry-after-ms" = u64, description = "Milliseconds to wait (rate limits).")
+        )
+    )]
+    TooManyRequests(ErrorBody),
+    #[response(status = 500, description = "Internal error.")]
+    Internal(ErrorBody),
+    #[response(status = 503, description = "The engine has stopped.")]
+    Unavailable(ErrorBody),
 }
 
 #[derive(Debug, Serialize, ToSchema)]

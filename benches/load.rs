@@ -65,6 +65,19 @@ struct Run {
     ok: AtomicU64,
 }
 
+impl Run {
+    /// A fresh phase against the server at `url`: nothing stopped, killed or answered yet.
+    fn new(bench: &Arc<Bench>, url: &str) -> Arc<Run> {
+        Arc::new(Run {
+            bench: Arc::clone(bench),
+            url: url.to_owned(),
+            stop: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
+            ok: AtomicU64::new(0),
+        })
+    }
+}
+
 async fn client_loop(run: Arc<Run>, client: usize, deadline: Instant) -> Vec<Sample> {
     let tenant = client % TENANTS.len();
     let mut rng = rand::rngs::StdRng::seed_from_u64(client as u64);
@@ -163,13 +176,7 @@ async fn phases(secs: u64, sum: &mut Summary) {
     bench.learn_prompt_lengths(&url).await;
 
     eprintln!("load: {CLIENTS} clients for {secs} s, then draining");
-    let run = Arc::new(Run {
-        bench: Arc::clone(&bench),
-        url: url.clone(),
-        stop: AtomicBool::new(false),
-        killed: AtomicBool::new(false),
-        ok: AtomicU64::new(0),
-    });
+    let run = Run::new(&bench, &url);
     let t0 = Instant::now();
     let samples = join(spawn_clients(&run, t0 + Duration::from_secs(secs))).await;
     let elapsed = t0.elapsed();
@@ -201,13 +208,7 @@ async fn phases(secs: u64, sum: &mut Summary) {
         CLIENTS / 4
     );
     let before: Vec<u64> = ledger.iter().map(|u| u.used).collect();
-    let run = Arc::new(Run {
-        bench: Arc::clone(&bench),
-        url: url.clone(),
-        stop: AtomicBool::new(false),
-        killed: AtomicBool::new(false),
-        ok: AtomicU64::new(0),
-    });
+    let run = Run::new(&bench, &url);
     // Kill once a quarter of the clients have had an answer, so the ledger holds committed
     // usage of this phase as well as open reservations. Bounded: on a machine so slow that
     // nothing completes in the window the kill happens anyway and a check below fails.

@@ -233,16 +233,17 @@ fn main() {
             .collect()
     };
     let human = human_passages();
+    let (wm_ppl, off_ppl) = (perplexity(&wm), perplexity(&off));
     let rows = [
         Row {
             name: "watermarked, T=1",
             detections: scored(&wm),
-            ppl: Some(perplexity(&wm)),
+            ppl: Some(wm_ppl),
         },
         Row {
             name: "watermark off, T=1",
             detections: scored(&off),
-            ppl: Some(perplexity(&off)),
+            ppl: Some(off_ppl),
         },
         Row {
             name: "human (public domain)",
@@ -283,10 +284,10 @@ fn main() {
             ppl
         );
     }
-    let (wm_ppl, off_ppl) = (perplexity(&wm).0, perplexity(&off).0);
+    let (wm_mean, off_mean) = (wm_ppl.0, off_ppl.0);
     println!(
-        "quality cost: mean perplexity ×{:.3} with the watermark ({wm_ppl:.2} vs {off_ppl:.2})",
-        wm_ppl / off_ppl
+        "quality cost: mean perplexity ×{:.3} with the watermark ({wm_mean:.2} vs {off_mean:.2})",
+        wm_mean / off_mean
     );
 
     let power = rows[0].detected() as f64 / rows[0].detections.len() as f64;

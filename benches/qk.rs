@@ -140,29 +140,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total_bytes as f64 / 1e6,
         total_bytes as f64 / stream / 1e6
     );
+    // Every SIMD kernel this CPU has, in the same run: their ratio is the figure to compare.
+    let simd: Vec<Kernel> = [Kernel::Avx2, Kernel::Avx512Vnni]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect();
     for b in [1usize, 8] {
         let x576: Vec<f32> = (0..b * 1536).map(|_| r.gen_range(-1.0..1.0)).collect();
         let mut out = vec![0.0f32; b * 49152];
-        let step = time_ms(15, || {
-            for w in &views {
-                let k = w.cols();
+        let mut first = None;
+        for &kernel in &simd {
+            let step = time_ms(15, || {
+                for w in &views {
+                    let k = w.cols();
+                    let _ = matmul_with(
+                        *w,
+                        &x576[..b * k],
+                        &mut out[..b * w.rows()],
+                        &pool,
+                        kernel,
+                        &mut scratch,
+                    );
+                }
                 let _ = matmul_with(
-                    *w,
-                    &x576[..b * k],
-                    &mut out[..b * w.rows()],
+                    out_w,
+                    &x576[..b * 576],
+                    &mut out,
                     &pool,
-                    best,
+                    kernel,
                     &mut scratch,
                 );
-            }
-            let _ = matmul_with(out_w, &x576[..b * 576], &mut out, &pool, best, &mut scratch);
-        });
-        println!(
-            "decode step B={b}: 30x7 Q4_1 + output Q8_0 = {step:.2} ms ({:.1} ms/token, {:.1} GB/s weights, ≈{:.0} tok/s per sequence)",
-            step / b as f64,
-            total_bytes as f64 / step / 1e6,
-            1e3 / step
-        );
+            });
+            let base = *first.get_or_insert(step);
+            println!(
+                "decode step B={b} {kernel:?}: 30x7 Q4_1 + output Q8_0 = {step:.2} ms ({:.1} ms/token, {:.1} GB/s weights, ≈{:.0} tok/s per sequence, {:.2}x the first kernel)",
+                step / b as f64,
+                total_bytes as f64 / step / 1e6,
+                1e3 / step,
+                base / step
+            );
+        }
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use cloister::engine::qk::{
-    matmul, matmul_with, matvec, reference_matmul_f32, ActFormat, Kernel, Pool, Q4_1Matrix,
-    Q8_0Matrix, QWeight, QkError, QuantizedActs, Scratch, BLOCK_BYTES_Q4_1, BLOCK_BYTES_Q8_0,
+    matmul, matmul_quantized_many, matmul_with, matvec, reference_matmul_f32, ActFormat, Kernel,
+    Pool, Q4_1Matrix, Q8_0Matrix, QWeight, QkError, QuantizedActs, Scratch, BLOCK_BYTES_Q4_1,
+    BLOCK_BYTES_Q8_0,
 };
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -107,11 +108,10 @@ fn bound(w: QWeight<'_>, row: usize, x: &[f32]) -> f64 {
 }
 
 fn kernels() -> Vec<Kernel> {
-    let mut k = vec![Kernel::Scalar];
-    if Kernel::Avx2.is_available() {
-        k.push(Kernel::Avx2);
-    }
-    k
+    [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni]
+        .into_iter()
+        .filter(|k| k.is_available())
+        .collect()
 }
 
 fn check_against_reference(w: QWeight<'_>, xs: &[f32], pool: &Pool) -> f64 {
@@ -217,16 +217,22 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
 
+/// Every SIMD kernel (AVX2, AVX-512 VNNI) gives exactly the scalar reference's bits, for batch
+/// sizes that exercise full and partial tiles of 4 and 8 columns.
 #[test]
-fn avx2_equals_scalar_bit_for_bit() {
-    if !Kernel::Avx2.is_available() {
-        eprintln!("AVX2/FMA/F16C not available: skipping");
+fn simd_kernels_equal_scalar_bit_for_bit() {
+    let simd: Vec<Kernel> = kernels()
+        .into_iter()
+        .filter(|&k| k != Kernel::Scalar)
+        .collect();
+    if simd.is_empty() {
+        eprintln!("no SIMD kernel available on this CPU: skipping");
         return;
     }
     let pool = Pool::new(2).unwrap();
     let mut r = rng(4);
     for &(n, k) in &[(7usize, 32usize), (192, 576), (576, 1536), (33, 576)] {
-        for b in [1usize, 2, 3, 4, 5, 8, 16, 17] {
+        for b in [1usize, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17] {
             let b4 = q4_1_bytes(&mut r, n, k);
             let b8 = q8_0_bytes(&mut r, n, k);
             let ws: [QWeight<'_>; 2] = [
@@ -236,10 +242,12 @@ fn avx2_equals_scalar_bit_for_bit() {
             let xs = acts(&mut r, b * k);
             for w in ws {
                 let mut s = vec![0.0f32; b * n];
-                let mut v = vec![0.0f32; b * n];
                 matmul_with(w, &xs, &mut s, &pool, Kernel::Scalar, &mut Scratch::new()).unwrap();
-                matmul_with(w, &xs, &mut v, &pool, Kernel::Avx2, &mut Scratch::new()).unwrap();
-                assert_eq!(bits(&s), bits(&v), "{n}x{k} b={b} {w:?}");
+                for &kernel in &simd {
+                    let mut v = vec![0.0f32; b * n];
+                    matmul_with(w, &xs, &mut v, &pool, kernel, &mut Scratch::new()).unwrap();
+                    assert_eq!(bits(&s), bits(&v), "{kernel:?} {n}x{k} b={b} {w:?}");
+                }
             }
         }
     }
@@ -427,4 +435,86 @@ fn pool_for_machine_builds() {
     let p = Pool::for_machine().unwrap();
     assert!(p.threads() >= 1);
     assert_eq!(Pool::new(0).unwrap().threads(), 1);
+}
+
+/// Several matrices in one parallel region (Q/K/V, gate/up) give each matrix exactly what it gets
+/// alone, for row counts that make work chunks straddle matrix boundaries, and the call refuses
+/// mismatched outputs.
+#[test]
+fn many_matrices_in_one_call_equal_separate_calls() {
+    let mut r = rng(9);
+    let k = 576;
+    let shapes = [576usize, 192, 37, 1536];
+    let bytes: Vec<Vec<u8>> = shapes.iter().map(|&n| q4_1_bytes(&mut r, n, k)).collect();
+    let ws: Vec<QWeight<'_>> = bytes
+        .iter()
+        .zip(shapes)
+        .map(|(b, n)| Q4_1Matrix::new(b, n, k).unwrap().into())
+        .collect();
+    for threads in [1, 2, 3] {
+        let pool = Pool::new(threads).unwrap();
+        for batch in [1usize, 3, 8, 11] {
+            let xs = acts(&mut r, batch * k);
+            let mut a = QuantizedActs::new();
+            a.quantize(ActFormat::Q8_1, &xs, k).unwrap();
+            let alone: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|&w| {
+                    let mut o = vec![0.0f32; batch * w.rows()];
+                    cloister::engine::qk::matmul_quantized(
+                        w,
+                        &a,
+                        &mut o,
+                        &pool,
+                        Kernel::best(),
+                        &mut vec![],
+                    )
+                    .unwrap();
+                    o
+                })
+                .collect();
+            let mut together: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|w| vec![f32::NAN; batch * w.rows()])
+                .collect();
+            let mut outs: Vec<&mut [f32]> = together.iter_mut().map(|o| &mut o[..]).collect();
+            matmul_quantized_many(&ws, &a, &mut outs, &pool, Kernel::best(), &mut vec![]).unwrap();
+            for (i, (t, s)) in together.iter().zip(&alone).enumerate() {
+                assert_eq!(
+                    bits(t),
+                    bits(s),
+                    "matrix {i}, batch {batch}, {threads} threads"
+                );
+            }
+        }
+    }
+    let pool = Pool::new(2).unwrap();
+    let mut a = QuantizedActs::new();
+    a.quantize(ActFormat::Q8_1, &acts(&mut r, k), k).unwrap();
+    let (mut o0, mut o1) = (vec![0.0f32; 576], vec![0.0f32; 191]);
+    assert!(matches!(
+        matmul_quantized_many(
+            &ws[..2],
+            &a,
+            &mut [&mut o0, &mut o1],
+            &pool,
+            Kernel::Scalar,
+            &mut vec![]
+        ),
+        Err(QkError::OutputLength {
+            expected: 192,
+            actual: 191
+        })
+    ));
+    assert!(matches!(
+        matmul_quantized_many(
+            &ws[..2],
+            &a,
+            &mut [&mut o0],
+            &pool,
+            Kernel::Scalar,
+            &mut vec![]
+        ),
+        Err(QkError::OutputLength { .. })
+    ));
 }

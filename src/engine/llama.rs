@@ -217,7 +217,7 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 /// Attention work (score terms) below which a batch's attention runs on the caller's thread.
-const PARALLEL_ATTENTION_MIN: usize = 16 * 1024;
+const PARALLEL_ATTENTION_MIN: usize = 4 * 1024;
 
 /// Reusable per-call buffers.
 #[derive(Default)]
@@ -442,9 +442,12 @@ impl LlamaModel {
         for (l, layer) in self.layers.iter().enumerate() {
             self.rms_norm(&x, layer.attn_norm, &mut h);
             buf.acts_of = None;
-            self.project(layer.wq, &h, &mut q, &mut buf)?;
-            self.project(layer.wk, &h, &mut k, &mut buf)?;
-            self.project(layer.wv, &h, &mut v, &mut buf)?;
+            self.project_many(
+                &[layer.wq, layer.wk, layer.wv],
+                &h,
+                &mut [&mut q, &mut k, &mut v],
+                &mut buf,
+            )?;
             for (r, &(i, _, pos)) in rows.iter().enumerate() {
                 self.rope(&mut q[r * d..(r + 1) * d], pos);
                 let kr = &mut k[r * kvd..(r + 1) * kvd];
@@ -473,8 +476,12 @@ impl LlamaModel {
 
             self.rms_norm(&x, layer.ffn_norm, &mut h);
             buf.acts_of = None;
-            self.project(layer.w_gate, &h, &mut gate, &mut buf)?;
-            self.project(layer.w_up, &h, &mut up, &mut buf)?;
+            self.project_many(
+                &[layer.w_gate, layer.w_up],
+                &h,
+                &mut [&mut gate, &mut up],
+                &mut buf,
+            )?;
             for (g, u) in gate.iter_mut().zip(&up) {
                 *g = silu(*g) * u;
             }
@@ -508,13 +515,45 @@ impl LlamaModel {
         out: &mut [f32],
         buf: &mut Buffers,
     ) -> Result<(), ModelError> {
-        let key = (w.act_format(), w.cols);
+        self.project_many(&[w], xs, &mut [out], buf)
+    }
+
+    /// `outs[i] = xs · ws[i]ᵀ` for matrices that read the same input (Q/K/V, gate/up): one
+    /// quantization of `xs` and one parallel region when their formats agree.
+    fn project_many(
+        &self,
+        ws: &[WeightRef],
+        xs: &[f32],
+        outs: &mut [&mut [f32]],
+        buf: &mut Buffers,
+    ) -> Result<(), ModelError> {
+        let Some(first) = ws.first() else {
+            return Ok(());
+        };
+        let key = (first.act_format(), first.cols);
+        if ws.iter().any(|w| (w.act_format(), w.cols) != key) {
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                self.project(*w, xs, out, buf)?;
+            }
+            return Ok(());
+        }
         if buf.acts_of != Some(key) {
-            buf.acts.quantize(key.0, xs, w.cols)?;
+            buf.acts.quantize(key.0, xs, key.1)?;
             buf.acts_of = Some(key);
         }
-        let view = w.view(self.weights.as_slice())?;
-        qk::matmul_quantized(view, &buf.acts, out, &self.pool, self.kernel, &mut buf.tmp)?;
+        let data = self.weights.as_slice();
+        let views = ws
+            .iter()
+            .map(|w| w.view(data))
+            .collect::<Result<Vec<_>, _>>()?;
+        qk::matmul_quantized_many(
+            &views,
+            &buf.acts,
+            outs,
+            &self.pool,
+            self.kernel,
+            &mut buf.tmp,
+        )?;
         Ok(())
     }
 

@@ -52,7 +52,8 @@ pub use blocks::{
 };
 pub use dot::Kernel;
 pub use matmul::{
-    matmul, matmul_quantized, matmul_with, matvec, reference_matmul_f32, Pool, Scratch,
+    matmul, matmul_quantized, matmul_quantized_many, matmul_with, matvec, reference_matmul_f32,
+    Pool, Scratch,
 };
 pub use quantize::{ActFormat, QuantizedActs};
 

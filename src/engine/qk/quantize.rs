@@ -18,9 +18,9 @@ use half::f16;
 use super::blocks::QK;
 use super::QkError;
 
-/// Batch rows processed together by a kernel tile; the Q8_1 sum table is
+/// Most batch rows a kernel tile processes together; the Q8_1 sum table is
 /// padded to a multiple of this.
-pub const BATCH_TILE: usize = 4;
+pub const BATCH_TILE: usize = 8;
 
 /// Which activation block format to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

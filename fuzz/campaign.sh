@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Long fuzz campaign: runs each target for a fixed number of executions (default 10 million, the
+# reliability suite's goal) and records the outcome in fuzz/results/<target>.txt, which
+# tests/suite-report.sh reads into its summary table.
+#
+# Usage: fuzz/campaign.sh [target ...]     (default: every target in fuzz/Cargo.toml)
+# Environment:
+#   FUZZ_RUNS   executions per target (default 10000000)
+#   NICE        nice level the fuzzer runs at (default 19). Where util-linux `chrt` exists it
+#               also runs under SCHED_IDLE, so it only soaks up idle CPU: a nice-19 task still
+#               delays the wake-ups of a benchmark's worker threads, a SCHED_IDLE one does not.
+#
+# A target that crashes, panics, hangs (-timeout) or runs out of memory (-rss_limit_mb) stops the
+# campaign with a non-zero status; its input is in fuzz/artifacts/<target>/ and its result file
+# says "crashed". Runs start from the committed seed corpus in a scratch folder, so the
+# committed corpus stays as it is. Uses the real SmolLM2 tokenizer when the demo model is cached
+# (see README.md), which is what a campaign should exercise.
+set -euo pipefail
+
+cd "$(dirname "$0")"
+runs="${FUZZ_RUNS:-10000000}"
+nice_level="${NICE:-19}"
+flags=(--sanitizer none -a -O)
+
+if [ "$#" -gt 0 ]; then
+    targets=("$@")
+else
+    mapfile -t targets < <(cargo fuzz list)
+fi
+
+cargo fuzz build "${flags[@]}"
+background=(nice -n "$nice_level")
+if command -v chrt >/dev/null; then
+    background=(chrt --idle 0 "${background[@]}")
+fi
+mkdir -p results
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+for t in "${targets[@]}"; do
+    work="$(mktemp -d)"
+    log="$(mktemp)"
+    mkdir -p "artifacts/$t"
+    echo "== fuzz $t for $runs executions (log: $log)"
+    start=$(date +%s)
+    status=ok
+    "${background[@]}" cargo fuzz run "${flags[@]}" "$t" "$work" "corpus/$t" -- \
+        -runs="$runs" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || status=crashed
+    seconds=$(($(date +%s) - start))
+    executed="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
+    rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
+    corpus_size="$(find "$work" -type f | wc -l)"
+    {
+        echo "target=$t"
+        echo "status=$status"
+        echo "executions=${executed:-0}"
+        echo "exec_per_s=${rate:-0}"
+        echo "seconds=$seconds"
+        echo "corpus_inputs=$corpus_size"
+        echo "commit=$commit"
+        echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    } >"results/$t.txt"
+    cat "results/$t.txt"
+    rm -rf "$work"
+    if [ "$status" != ok ]; then
+        tail -40 "$log"
+        echo "fuzz campaign: $t crashed; see fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+    rm -f "$log"
+done
+echo "fuzz campaign: ${#targets[@]} targets ran $runs executions each without a crash"

@@ -217,7 +217,7 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 /// Attention work (score terms) below which a batch's attention runs on the caller's thread.
-const PARALLEL_ATTENTION_MIN: usize = 4 * 1024;
+const PARALLEL_ATTENTION_MIN: usize = 1024;
 
 /// Reusable per-call buffers.
 #[derive(Default)]
@@ -397,6 +397,16 @@ impl LlamaModel {
         &self,
         items: &mut [(&[u32], &mut SeqCache)],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        // The whole pass runs on a pool worker: each parallel kernel inside then forks from a
+        // worker (the other workers are usually still spinning from the previous kernel) instead
+        // of the caller blocking on a latch and being woken ~250 times per decode step.
+        self.pool.install(|| self.forward_batch_on_pool(items))
+    }
+
+    fn forward_batch_on_pool(
+        &self,
+        items: &mut [(&[u32], &mut SeqCache)],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.cfg;
         let shape = self.kv_shape();
         if items.is_empty() {
@@ -566,68 +576,69 @@ impl LlamaModel {
         q: &[f32],
         out: &mut [f32],
     ) -> Result<(), ModelError> {
-        let d = self.cfg.n_embd;
-        let work: usize = rows.iter().map(|&(_, _, p)| p + 1).sum::<usize>() * self.cfg.n_head;
-        let row = |r: usize, o: &mut [f32]| {
+        let (d, hd, n_head) = (self.cfg.n_embd, self.cfg.head_dim, self.cfg.n_head);
+        let work: usize = rows.iter().map(|&(_, _, p)| p + 1).sum::<usize>() * n_head;
+        // Output chunk `j` is head `j % n_head` of batch row `j / n_head`: heads are independent,
+        // so even one decode row splits across the pool.
+        let head = |j: usize, o: &mut [f32]| {
+            let (r, h) = (j / n_head, j % n_head);
             let (i, _, pos) = rows[r];
-            self.attend_row(layer, &items[i].1.blocks, pos, &q[r * d..(r + 1) * d], o);
+            let qh = &q[r * d + h * hd..r * d + (h + 1) * hd];
+            self.attend_head(layer, &items[i].1.blocks, pos, h, qh, o);
         };
         if work >= PARALLEL_ATTENTION_MIN && self.pool.threads() > 1 {
             use rayon::prelude::*;
             self.pool.install(|| {
-                out.par_chunks_mut(d)
+                out.par_chunks_mut(hd)
                     .enumerate()
-                    .for_each(|(r, o)| row(r, o))
+                    .for_each(|(j, o)| head(j, o))
             });
         } else {
-            for (r, o) in out.chunks_exact_mut(d).enumerate() {
-                row(r, o);
+            for (j, o) in out.chunks_exact_mut(hd).enumerate() {
+                head(j, o);
             }
         }
         Ok(())
     }
 
-    /// One row's attention over positions `0..=pos` of `blocks`.
-    fn attend_row(
+    /// Head `h` of one row's attention over positions `0..=pos` of `blocks`, into `out`
+    /// (`head_dim` values).
+    fn attend_head(
         &self,
         layer: usize,
         blocks: &[super::kv::KvBlock],
         pos: usize,
-        q: &[f32],
+        h: usize,
+        qh: &[f32],
         out: &mut [f32],
     ) {
         let cfg = &self.cfg;
         let shape = self.kv_shape();
         let hd = cfg.head_dim;
-        let n_rep = cfg.n_head / cfg.n_kv_head;
+        let kvh = h / (cfg.n_head / cfg.n_kv_head);
         let scale = 1.0 / (hd as f32).sqrt();
         let mut scores = vec![0.0f32; pos + 1];
-        for h in 0..cfg.n_head {
-            let kvh = h / n_rep;
-            let qh = &q[h * hd..(h + 1) * hd];
-            for (t, s) in scores.iter_mut().enumerate() {
-                let o = shape.offset(layer, false, t % BLOCK_POSITIONS) + kvh * hd;
-                let kt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
-                *s = dot(qh, kt) * scale;
-            }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0.0f64;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += f64::from(*s);
-            }
-            let inv = (1.0 / sum) as f32;
-            let oh = &mut out[h * hd..(h + 1) * hd];
-            oh.fill(0.0);
-            for (t, &p) in scores.iter().enumerate() {
-                let o = shape.offset(layer, true, t % BLOCK_POSITIONS) + kvh * hd;
-                let vt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
-                // llama.cpp multiplies the f16 value cache by the probabilities converted to
-                // f16; doing the same keeps greedy outputs on the reference.
-                let p = half::f16::from_f32(p * inv).to_f32();
-                for (a, &b) in oh.iter_mut().zip(vt) {
-                    *a += p * b;
-                }
+        for (t, s) in scores.iter_mut().enumerate() {
+            let o = shape.offset(layer, false, t % BLOCK_POSITIONS) + kvh * hd;
+            let kt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
+            *s = dot(qh, kt) * scale;
+        }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0.0f64;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += f64::from(*s);
+        }
+        let inv = (1.0 / sum) as f32;
+        out.fill(0.0);
+        for (t, &p) in scores.iter().enumerate() {
+            let o = shape.offset(layer, true, t % BLOCK_POSITIONS) + kvh * hd;
+            let vt = &blocks[t / BLOCK_POSITIONS].data()[o..o + hd];
+            // llama.cpp multiplies the f16 value cache by the probabilities converted to
+            // f16; doing the same keeps greedy outputs on the reference.
+            let p = half::f16::from_f32(p * inv).to_f32();
+            for (a, &b) in out.iter_mut().zip(vt) {
+                *a += p * b;
             }
         }
     }

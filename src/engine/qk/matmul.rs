@@ -30,7 +30,7 @@ const MIN_CHUNK_ROWS: usize = 16;
 /// the pool costs ~10-15 µs, more than a 576×576 matvec takes on one core
 /// (measured: 32 µs on 2 threads vs 16 µs on 1). Results are identical
 /// either way (the split never changes an output's arithmetic).
-const PARALLEL_MIN_MACS: usize = 512 * 1024;
+const PARALLEL_MIN_MACS: usize = 128 * 1024;
 
 /// A fixed-size worker pool for the kernels.
 ///

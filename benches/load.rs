@@ -21,6 +21,8 @@
 //! slow on a small machine; `cargo bench --profile dev --bench load` reuses `target/debug`,
 //! whose dependencies (the model's kernels included) are optimized in dev too.
 
+#[path = "../tests/common/figures.rs"]
+mod figures;
 #[path = "../tests/common/serve.rs"]
 mod serve;
 #[path = "support/mod.rs"]
@@ -34,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use figures::figure;
 use load_support::{
     audit_counts, percentile, settled_usage, Bench, Check, Kind, Outcome, Sample, CLIENTS, TENANTS,
 };
@@ -152,6 +155,10 @@ fn main() -> ExitCode {
     }
     let checks = &sum.checks;
     let failed = checks.iter().filter(|c| !c.pass).count();
+    figure(
+        "load.checks",
+        format!("{}/{} pass", checks.len() - failed, checks.len()),
+    );
     println!("\n== checks ==");
     for c in checks {
         println!("[{}] {}", if c.pass { "PASS" } else { "FAIL" }, c.what);
@@ -301,6 +308,15 @@ async fn phases(secs: u64, sum: &mut Summary) {
     let said = String::from_utf8_lossy(&verify.stdout).trim().to_string()
         + String::from_utf8_lossy(&verify.stderr).trim();
     say!(sum, "\ncloister audit verify: {said}");
+    figure(
+        "crash.audit_verify",
+        if verify.status.success() {
+            "chain verifies across the crash"
+        } else {
+            "FAILED"
+        },
+    );
+    figure("crash.restart_exact", if exact { "yes" } else { "NO" });
     sum.checks.push(Check::new(
         "`cloister audit verify` accepts the audit log across the crash".to_string(),
         verify.status.success(),
@@ -398,6 +414,14 @@ fn load_report(
     for (label, stream) in [("streamed", true), ("non-streamed", false)] {
         let (t50, t99, n) = lat(stream, true);
         let (l50, l99, _) = lat(stream, false);
+        figure(
+            &format!("load.ttft.{label}"),
+            format!(
+                "p50 {:.0} ms, p99 {:.0} ms (n = {n})",
+                t50.as_secs_f64() * 1e3,
+                t99.as_secs_f64() * 1e3
+            ),
+        );
         say!(
 sum,
             "{label:<13} n={n:<5} TTFT p50 {:>7.0} ms  p99 {:>7.0} ms   latency p50 {:>7.0} ms  p99 {:>7.0} ms",
@@ -431,6 +455,26 @@ sum,
         .iter()
         .filter(|s| !bench.usage_consistent(s))
         .count();
+    figure(
+        "load.requests",
+        format!(
+            "{CLIENTS} clients, {} tenants, {secs} s: {} ok, {} 5xx or in-band errors, {} transport \
+             errors, {} other 4xx",
+            TENANTS.len(),
+            totals.ok,
+            totals.server_err,
+            totals.transport,
+            totals.client_err
+        ),
+    );
+    figure(
+        "load.ledger_equals_served",
+        if exact { "yes" } else { "NO" },
+    );
+    figure(
+        "load.audit_matches_served",
+        if audit_ok { "yes" } else { "NO" },
+    );
     sum.checks.push(Check::new(
         format!("load ran ({} ok requests)", totals.ok),
         totals.ok > 0,
@@ -555,6 +599,17 @@ sum,
         ),
         dangling > 0 && dangling as usize <= CLIENTS,
     ));
+    figure(
+        "crash.usage",
+        format!(
+            "SIGKILL after {ok_before_kill} requests, {in_flight} in flight: {}",
+            if all_ok {
+                "no received usage lost, none left open"
+            } else {
+                "LEDGER OUT OF BOUNDS"
+            }
+        ),
+    );
     sum.checks.push(Check::new(
         "after restart: no received usage lost, dangling charged <= worst case, none left open"
             .to_string(),

@@ -55,7 +55,7 @@ use cloister::auth::Scope;
 use cloister::engine::SeqCache;
 use cloister::model::open_sealed;
 use cloister::securemem::LockPolicy;
-use common::{fixture, ServeProcess, MODEL_ID};
+use common::{figure, fixture, ServeProcess, MODEL_ID};
 use rand::RngCore;
 use serde_json::{json, Value};
 use zeroize::Zeroize;
@@ -484,6 +484,8 @@ fn served_model_keeps_the_canary_only_in_the_locked_region() {
         "parts of the server could not be scanned: {:?}",
         scan.unreadable
     );
+    figure("canary.served.hits", scan.hits.len());
+    figure("canary.served.scanned_mib", scan.bytes_read >> 20);
     assert_eq!(
         scan.hits.len(),
         1,
@@ -508,6 +510,11 @@ fn served_model_keeps_the_canary_only_in_the_locked_region() {
         .trim()
         .parse()
         .expect("Locked kB");
+    // Reached only when the flag assertions above held.
+    figure(
+        "canary.served.mapping",
+        format!("mlocked, dontdump, wipeonfork; {locked_kb} kB locked"),
+    );
     assert!(locked_kb > 0, "no locked pages:\n{entry}");
     eprintln!(
         "server {pid}: scanned {} MiB ({} KiB freed while scanning); canary once, in a locked \
@@ -548,6 +555,7 @@ fn dropped_model_leaves_no_canary_in_this_process() {
 
     let region = loaded.weights.address_range();
     let loaded_scan = scan_process("self", &m.canary).expect("scan self");
+    figure("canary.loaded.hits", loaded_scan.hits.len());
     assert_eq!(
         loaded_scan.hits.len(),
         1,
@@ -562,6 +570,7 @@ fn dropped_model_leaves_no_canary_in_this_process() {
 
     drop(loaded);
     let after = scan_process("self", &m.canary).expect("scan self");
+    figure("canary.dropped.hits", after.hits.len());
     assert_eq!(
         after.hits.len(),
         0,

@@ -15,7 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cloister::auth::Scope;
-use common::{client, fixture, server, MODEL_ID};
+use common::{client, figure, fixture, server, MODEL_ID};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -161,6 +161,11 @@ async fn no_route_shows_tenant_b_anything_of_tenant_a() {
             }
         }
     }
+    figure(
+        "isolation.routes_probed",
+        public_routes().len() + 2 * admin_routes().len(),
+    );
+    figure("isolation.leaks", leaks.len());
     assert!(
         leaks.is_empty(),
         "tenant A visible to B:\n{}",

@@ -2,7 +2,7 @@
 //! for tenant B (InputSnatch, arXiv 2411.18191; Gu et al., "Auditing Prompt Caching", ICML 2025).
 //!
 //! # Method (after Gu et al.)
-//! Each trial: A sends a new random prompt `P` of [`PROMPT_TOKENS`] tokens (`max_tokens` 1, so
+//! Each trial: A sends a new random prompt `P` of [`prompt_tokens`] tokens (`max_tokens` 1, so
 //! the work is one prefill), then B sends either the same `P` (a "warm" trial, if a cache were
 //! shared) or another new random prompt of exactly the same token length ("cold"), and we time
 //! B's request (`max_tokens` 1: its latency is its time to first token). Every prompt is new, so
@@ -35,16 +35,28 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file;
 use cloister::auth::Scope;
 use cloister::tokenizer::ModelTokenizer;
-use common::{client, fixture, server, MODEL_ID};
+use common::{client, figure, fixture, server, MODEL_ID};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 
-/// Prompt length in tokens: two KV blocks (16 positions each), so even a block-granular cache
-/// that recomputes the last block would skip half the prefill. Kept short for run time: the
-/// 4 × [`SAMPLES`] requests are all prefills (about 20 ms a token on two cores shared with
-/// other builds, where ~200 tokens would have taken 15 minutes).
-const PROMPT_TOKENS: usize = 32;
+/// Default prompt length in tokens: two KV blocks (16 positions each), so even a block-granular
+/// cache that recomputes the last block would skip half the prefill. Kept short for the test
+/// suite's run time: the 4 × [`SAMPLES`] requests are all prefills, and an unoptimized test
+/// build prefills slowly. `tests/suite-report.sh` runs this test in a release build with
+/// `CLOISTER_PREFIX_TOKENS=192`, the long shared prefix the attack (InputSnatch) relies on.
+const DEFAULT_PROMPT_TOKENS: usize = 32;
+
+/// The prompt length of this run: `CLOISTER_PREFIX_TOKENS` (16..=1024) or the default.
+fn prompt_tokens() -> usize {
+    match std::env::var("CLOISTER_PREFIX_TOKENS") {
+        Ok(v) => match v.parse() {
+            Ok(n @ 16..=1024) => n,
+            _ => panic!("CLOISTER_PREFIX_TOKENS must be 16..=1024, got {v:?}"),
+        },
+        Err(_) => DEFAULT_PROMPT_TOKENS,
+    }
+}
 /// Samples per group of the within-tenant observation (printed only, so few).
 const OBSERVATION_SAMPLES: usize = 10;
 /// Samples per group (Gu et al. use 250; 100 still detects any cache that skips the prefill).
@@ -204,8 +216,8 @@ async fn experiment(
     let (mut warm, mut cold) = (Vec::new(), Vec::new());
     let mut lengths = std::collections::BTreeSet::new();
     for is_warm in labels {
-        let shared = random_prompt(tok, PROMPT_TOKENS, &mut rng);
-        let fresh = random_prompt(tok, PROMPT_TOKENS, &mut rng);
+        let shared = random_prompt(tok, prompt_tokens(), &mut rng);
+        let fresh = random_prompt(tok, prompt_tokens(), &mut rng);
         // Fresh tokens each trial: on a busy machine a run outlasts a token's 10 minutes.
         let (warmer_token, prober_token) = (
             fixture().token(warmer, &[Scope::Inference]),
@@ -239,7 +251,7 @@ async fn another_tenants_warm_prefix_is_not_faster() {
     for _ in 0..3 {
         timed(
             &b,
-            &random_prompt(&tok, PROMPT_TOKENS, &mut rand::thread_rng()),
+            &random_prompt(&tok, prompt_tokens(), &mut rand::thread_rng()),
         )
         .await;
     }
@@ -253,6 +265,16 @@ async fn another_tenants_warm_prefix_is_not_faster() {
              vs {:.1} ms (fresh), KS D = {d:.3}, p = {p:.3}",
             median(&warm) * 1e3,
             median(&cold) * 1e3
+        );
+        figure(
+            &format!("prefix_timing.cross_tenant.run{run}"),
+            format!(
+                "{} tokens, {SAMPLES}+{SAMPLES} samples: median {:.1} vs {:.1} ms, D = {d:.3}, \
+                 p = {p:.3}",
+                prompt_tokens(),
+                median(&warm) * 1e3,
+                median(&cold) * 1e3
+            ),
         );
         ps.push(p);
         if p > ALPHA {
@@ -268,6 +290,15 @@ async fn another_tenants_warm_prefix_is_not_faster() {
     // Observation only (see the module docs).
     let (warm, cold) = experiment(&tok, A, A, OBSERVATION_SAMPLES).await;
     let (d, p) = ks_two_sample(&warm, &cold);
+    figure(
+        "prefix_timing.within_tenant",
+        format!(
+            "{OBSERVATION_SAMPLES}+{OBSERVATION_SAMPLES} samples: median {:.1} vs {:.1} ms, \
+             D = {d:.3}, p = {p:.3} (observation)",
+            median(&warm) * 1e3,
+            median(&cold) * 1e3
+        ),
+    );
     eprintln!(
         "within-tenant (observation): A after A: median {:.1} ms (same prefix) vs {:.1} ms \
          (fresh), KS D = {d:.3}, p = {p:.3}",

@@ -17,7 +17,7 @@ use std::process::Command;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use cloister::auth::Scope;
-use common::{fixture, ServeProcess, MODEL_ID};
+use common::{figure, fixture, ServeProcess, MODEL_ID};
 use serde_json::{json, Value};
 
 /// Distinctive prompts: any occurrence in a log is a leak, not a coincidence.
@@ -399,12 +399,16 @@ fn trace_logs_and_audit_log_hold_no_secrets_or_text() {
             }
         }
     }
-    eprintln!(
-        "searched {} log bytes and {} audit bytes for {} needles",
-        log.len(),
-        audit.len(),
-        needles.len()
+    figure(
+        "secrets.searched",
+        format!(
+            "{} needles in {} trace-log bytes and {} audit bytes",
+            needles.len(),
+            log.len(),
+            audit.len()
+        ),
     );
+    figure("secrets.hits", leaks.len());
     assert!(leaks.is_empty(), "secrets in logs:\n{}", leaks.join("\n"));
 }
 
@@ -455,6 +459,10 @@ fn server_process_cannot_dump_core_or_be_read_by_its_peers() {
         .expect("core limit line");
     let fields: Vec<&str> = core.split_whitespace().collect();
     // "Max core file size  <soft>  <hard>  bytes"
+    figure(
+        "secrets.core_limit",
+        fields.get(4..6).map_or(core.to_string(), |f| f.join("/")),
+    );
     assert_eq!(
         &fields[4..6],
         ["0", "0"],
@@ -475,11 +483,18 @@ fn server_process_cannot_dump_core_or_be_read_by_its_peers() {
             "\n\n*** SKIPPED the dumpable check: a peer cannot open even a dumpable process's \
              memory here ({e}). Non-dumpability was NOT checked. ***\n\n"
         ),
-        Ok(()) => assert!(
-            peer_can_open_mem(pid).is_err(),
-            "a same-user process without CAP_SYS_PTRACE opened the server's memory: the server \
-             is dumpable"
-        ),
+        Ok(()) => {
+            let refused = peer_can_open_mem(pid).is_err();
+            figure(
+                "secrets.peer_mem_refused",
+                if refused { "yes" } else { "NO" },
+            );
+            assert!(
+                refused,
+                "a same-user process without CAP_SYS_PTRACE opened the server's memory: the \
+                 server is dumpable"
+            );
+        }
     }
     let (status, _) = server.stop_and_collect_log();
     assert!(status.success(), "server exit: {status}");

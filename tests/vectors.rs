@@ -22,8 +22,12 @@ use std::path::PathBuf;
 use cloister::seal::{ctr_initial_block, verify_tag_without_decrypting, ChunkAead};
 use serde_json::Value;
 
+#[path = "common/figures.rs"]
+mod figures;
 #[path = "kernel_shim/mod.rs"]
 mod kernel_shim;
+
+use figures::figure;
 
 fn load(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -108,7 +112,10 @@ fn wycheproof_gcm_set_is_complete() {
 
 #[test]
 fn wycheproof_gcm_through_the_chunk_aead() {
-    for c in gcm_cases() {
+    let cases = gcm_cases();
+    let valid = cases.iter().filter(|c| c.valid).count();
+    let mut checked = 0;
+    for c in cases {
         let aead = ChunkAead::new(&c.key);
         let mut buf = c.msg.clone();
         let tag = aead.seal_in_place(&c.iv, &c.aad, &mut buf).unwrap();
@@ -140,12 +147,22 @@ fn wycheproof_gcm_through_the_chunk_aead() {
             "tcId {} ChunkAead::verify",
             c.id
         );
+        checked += 1;
     }
+    // Reached only when every vector passed.
+    figure(
+        "vectors.gcm_container",
+        format!(
+            "{checked}/{checked} pass ({valid} valid, {} invalid)",
+            checked - valid
+        ),
+    );
 }
 
 #[test]
 fn wycheproof_gcm_tag_check_without_decrypting() {
-    for c in gcm_cases() {
+    let cases = gcm_cases();
+    for c in &cases {
         assert_eq!(
             verify_tag_without_decrypting(&c.key, &c.iv, &c.aad, &c.ct, &c.tag),
             c.valid,
@@ -153,6 +170,10 @@ fn wycheproof_gcm_tag_check_without_decrypting() {
             c.id
         );
     }
+    figure(
+        "vectors.gcm_tag_without_plaintext",
+        format!("{n}/{n} pass", n = cases.len()),
+    );
 }
 
 /// The GPU path: the host key schedule and the CTR kernel from `ctr_initial_block(iv)` turn
@@ -180,6 +201,10 @@ fn wycheproof_gcm_payload_through_the_ctr_kernel() {
         checked += 1;
     }
     assert!(checked >= 39);
+    figure(
+        "vectors.gcm_payload_ctr_kernel",
+        format!("{checked}/{checked} pass"),
+    );
 }
 
 #[test]
@@ -225,4 +250,11 @@ fn nist_and_derived_ctr_vectors_through_the_kernel() {
     }
     assert_eq!(nist_blocks, 8, "F.5.5 and F.5.6 have four blocks each");
     assert!(wraps >= 3, "the counter-wrap vectors are missing");
+    figure(
+        "vectors.ctr_kernel",
+        format!(
+            "{n}/{n} pass ({nist_blocks} NIST keystream blocks, {wraps} counter wraps)",
+            n = tests.len()
+        ),
+    );
 }

@@ -392,7 +392,10 @@ impl Fixture {
     }
 }
 
+mod figures;
 mod serve;
+#[allow(unused_imports)] // Not every test binary records figures.
+pub use figures::figure;
 pub use serve::ServeProcess;
 
 impl ServeProcess {

@@ -294,7 +294,7 @@ async fn another_tenants_warm_prefix_is_not_faster() {
         "prefix_timing.within_tenant",
         format!(
             "{OBSERVATION_SAMPLES}+{OBSERVATION_SAMPLES} samples: median {:.1} vs {:.1} ms, \
-             D = {d:.3}, p = {p:.3} (observation)",
+             D = {d:.3}, p = {p:.3}",
             median(&warm) * 1e3,
             median(&cold) * 1e3
         ),

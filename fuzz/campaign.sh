@@ -6,6 +6,7 @@
 # Usage: fuzz/campaign.sh [target ...]     (default: every target in fuzz/Cargo.toml)
 # Environment:
 #   FUZZ_RUNS   executions per target (default 10000000)
+#   FUZZ_FLAGS  extra libFuzzer options, e.g. "-max_len=512" (recorded in the result file)
 #   NICE        nice level the fuzzer runs at (default 19). Where util-linux `chrt` exists it
 #               also runs under SCHED_IDLE, so it only soaks up idle CPU: a nice-19 task still
 #               delays the wake-ups of a benchmark's worker threads, a SCHED_IDLE one does not.
@@ -44,7 +45,8 @@ for t in "${targets[@]}"; do
     status=ok
     "${background[@]}" cargo fuzz run "${flags[@]}" "$t" "$work" "corpus/$t" -- \
         -runs="$runs" -timeout=10 -rss_limit_mb=2048 \
-        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1 || status=crashed
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 ${FUZZ_FLAGS:-} >"$log" 2>&1 ||
+        status=crashed
     seconds=$(($(date +%s) - start))
     executed="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
@@ -56,6 +58,7 @@ for t in "${targets[@]}"; do
         echo "exec_per_s=${rate:-0}"
         echo "seconds=$seconds"
         echo "corpus_inputs=$corpus_size"
+        echo "options=${FUZZ_FLAGS:-}"
         echo "commit=$commit"
         echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     } >"results/$t.txt"

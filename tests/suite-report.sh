@@ -60,11 +60,11 @@ fuzz_part() {
             ok=1
             continue
         fi
-        local target status executions exec_per_s seconds commit date corpus_inputs
+        local target status executions exec_per_s seconds commit date corpus_inputs options=""
         # shellcheck disable=SC1090 # key=value lines written by fuzz/campaign.sh
         source "$f"
         record "fuzz.$t" "$(thousands "$executions") runs, $([ "$status" = ok ] &&
-            echo "0 crashes" || echo CRASHED) ($exec_per_s exec/s, $seconds s, commit $commit, ${date%%T*})"
+            echo "0 crashes" || echo CRASHED) ($exec_per_s exec/s, $seconds s, commit $commit, ${date%%T*}${options:+, $options})"
         [ "$status" = ok ] && [ "$executions" -ge 10000000 ] || ok=1
     done
     return $ok

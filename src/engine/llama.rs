@@ -216,7 +216,7 @@ impl std::fmt::Debug for LlamaModel {
     }
 }
 
-/// Attention work (score terms) below which a batch's attention runs on the caller's thread.
+/// Attention work (score terms) below which a batch's attention runs on the current thread.
 const PARALLEL_ATTENTION_MIN: usize = 1024;
 
 /// Reusable per-call buffers.

@@ -26,10 +26,13 @@ use super::QkError;
 const CHUNKS_PER_THREAD: usize = 4;
 /// Smallest row chunk worth a task.
 const MIN_CHUNK_ROWS: usize = 16;
-/// Below this many multiply-adds a call runs on the caller's thread: waking
-/// the pool costs ~10-15 µs, more than a 576×576 matvec takes on one core
-/// (measured: 32 µs on 2 threads vs 16 µs on 1). Results are identical
-/// either way (the split never changes an output's arithmetic).
+/// Below this many multiply-adds a call runs on the current thread. The
+/// model's forward pass runs inside the pool, so a split is a fork to workers
+/// that are usually still spinning from the previous kernel (a few µs), not a
+/// wake-up from outside (~10-15 µs); measured with the decode bench, 128 Ki
+/// beat 512 Ki (single stream 98 vs 94 tokens/s: the 576×576 projections now
+/// split). Results are identical either way (the split never changes an
+/// output's arithmetic).
 const PARALLEL_MIN_MACS: usize = 128 * 1024;
 
 /// A fixed-size worker pool for the kernels.

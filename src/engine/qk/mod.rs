@@ -17,13 +17,14 @@
 //!   stored as f16. For Q8_1 (used against Q4_1 weights) the block also
 //!   carries `s = f16(d * Σq)`.
 //! * Per block the integer dot product is formed in i32 in eight lanes of
-//!   four products each (exactly what `maddubs`+`madd` produce), each lane is
+//!   four products each (exactly what `maddubs`+`madd` produce, or one
+//!   AVX-512 VNNI `dpbusd`: the sums are exact, so both give the same i32), each lane is
 //!   converted to f32 and fused-multiply-added with `d_w * d_x` into an
 //!   8-lane f32 accumulator; Q4_1 also accumulates `Σ m_w * s_x` in a scalar
 //!   (multiply, then add — no fusion). At the end the 8 lanes are reduced in
 //!   llama.cpp's `hsum_float_8` order.
 //! * The scalar reference in [`dot`] emulates that lane structure, so the
-//!   AVX2 path and the scalar path agree **bit for bit** (tested).
+//!   AVX2, AVX-512 VNNI and scalar paths agree **bit for bit** (tested).
 //!
 //! # Batching and determinism
 //!
@@ -39,7 +40,9 @@
 //! [`Pool`] wraps a dedicated rayon pool sized by
 //! `std::thread::available_parallelism`. Idle rayon workers yield briefly and
 //! then park on a condition variable: they never busy-spin, so a competing
-//! process on the same cores does not collapse throughput.
+//! process on the same cores does not collapse throughput. Several matrices
+//! that read the same input (Q/K/V, gate/up) share one parallel region
+//! ([`matmul_quantized_many`]).
 
 pub mod blocks;
 pub mod dot;

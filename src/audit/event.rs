@@ -45,19 +45,6 @@ pub enum AuditEvent {
         /// The tenant, when the token named one that exists.
         tenant: Option<TenantId>,
     },
-    /// A request passed admission (rate limit and quota reservation).
-    RequestAdmitted {
-        /// Request id.
-        request_id: RequestId,
-        /// Tenant.
-        tenant: TenantId,
-        /// Model.
-        model: ModelId,
-        /// Prompt length in tokens (a count, never the tokens).
-        prompt_tokens: u32,
-        /// Completion tokens reserved (`max_tokens` after caps).
-        max_tokens: u32,
-    },
     /// A request finished (successfully or not).
     RequestCompleted {
         /// Request id.
@@ -283,7 +270,6 @@ impl AuditEvent {
             Self::ServerStop {} => "ServerStop",
             Self::ModelUnsealed { .. } => "ModelUnsealed",
             Self::AuthFailed { .. } => "AuthFailed",
-            Self::RequestAdmitted { .. } => "RequestAdmitted",
             Self::RequestCompleted { .. } => "RequestCompleted",
             Self::LimitRejected { .. } => "LimitRejected",
             Self::GuardDecision { .. } => "GuardDecision",
@@ -329,13 +315,6 @@ mod tests {
             AuthFailed {
                 reason_code: AuthFailReason::Expired,
                 tenant: Some(t.clone()),
-            },
-            RequestAdmitted {
-                request_id: r.clone(),
-                tenant: t.clone(),
-                model: m.clone(),
-                prompt_tokens: 1,
-                max_tokens: 2,
             },
             RequestCompleted {
                 request_id: r.clone(),
@@ -397,16 +376,15 @@ mod tests {
             ServerStop {} => 1,
             ModelUnsealed { .. } => 2,
             AuthFailed { .. } => 3,
-            RequestAdmitted { .. } => 4,
-            RequestCompleted { .. } => 5,
-            LimitRejected { .. } => 6,
-            GuardDecision { .. } => 7,
-            WatermarkDetect { .. } => 8,
-            ExtractionAlarm { .. } => 9,
-            KeyRotated { .. } => 10,
-            ModelRewrapped { .. } => 11,
-            ConfigReloaded { .. } => 12,
-            AdminAction { .. } => 13,
+            RequestCompleted { .. } => 4,
+            LimitRejected { .. } => 5,
+            GuardDecision { .. } => 6,
+            WatermarkDetect { .. } => 7,
+            ExtractionAlarm { .. } => 8,
+            KeyRotated { .. } => 9,
+            ModelRewrapped { .. } => 10,
+            ConfigReloaded { .. } => 11,
+            AdminAction { .. } => 12,
         }
     }
 
@@ -432,7 +410,7 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(
             seen,
-            (0..14).collect::<Vec<_>>(),
+            (0..13).collect::<Vec<_>>(),
             "every variant covered exactly once"
         );
         for e in &all {

@@ -475,14 +475,17 @@ fn audit_guard(app: &AppState, tenant: &str, guard: &str, action: AuditGuardActi
         audit::Label::new(POLICY_VERSION),
     );
     if let (Ok(request_id), Ok(tenant), Ok(guard), Ok(policy_version)) = ids {
-        app.gate.audit.record(AuditEvent::GuardDecision {
-            request_id,
-            tenant,
-            guard,
-            action,
-            policy_version,
-            score_milli: (score.clamp(0.0, 1.0) * 1000.0) as u32,
-        });
+        // Any tenant can trigger guard decisions in bulk: append off the async workers.
+        app.gate
+            .audit
+            .record_in_background(AuditEvent::GuardDecision {
+                request_id,
+                tenant,
+                guard,
+                action,
+                policy_version,
+                score_milli: (score.clamp(0.0, 1.0) * 1000.0) as u32,
+            });
     }
 }
 
@@ -535,12 +538,14 @@ fn watch_extraction(
             audit::TenantId::new(tenant.id.clone()),
             audit::Label::new(signal.as_str()),
         ) {
-            app.gate.audit.record(AuditEvent::ExtractionAlarm {
-                tenant: t,
-                signal: sig,
-                value: u64::from(value),
-                threshold: u64::from(threshold),
-            });
+            app.gate
+                .audit
+                .record_in_background(AuditEvent::ExtractionAlarm {
+                    tenant: t,
+                    signal: sig,
+                    value: u64::from(value),
+                    threshold: u64::from(threshold),
+                });
         }
         app.gate
             .metrics

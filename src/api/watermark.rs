@@ -118,7 +118,7 @@ pub async fn detect(
     ) {
         app.gate
             .audit
-            .record(crate::audit::AuditEvent::WatermarkDetect {
+            .record_in_background(crate::audit::AuditEvent::WatermarkDetect {
                 tenant,
                 key_ids,
                 detected,

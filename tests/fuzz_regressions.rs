@@ -38,6 +38,15 @@ fn gguf_tensor_shape_overflow_is_refused() {
     assert!(err.contains("shape too large"), "{err}");
 }
 
+/// A tensor whose element count fits in `usize` but whose size in bytes (elements / block size
+/// × block bytes) does not: the byte length overflowed in `tensor_span` (found by the 10M-run
+/// campaign, 580k executions in).
+#[test]
+fn gguf_tensor_byte_size_overflow_is_refused() {
+    let err = gguf_meta("tensor-bytes-overflow").unwrap_err();
+    assert!(err.contains("shape too large"), "{err}");
+}
+
 // The next three inputs are the `tiny-llama` seed (fuzz/corpus/gguf_meta/, also copied here)
 // with one metadata field patched, written after reading the load path; the gguf_meta target
 // crashed on each (a division by zero, aborts on allocations of 137 GB and 1.3 TB). The fuzzer

@@ -746,7 +746,11 @@ fn tensor_span(
             "{name}: size not a block multiple"
         )));
     }
-    let len = elems / block * info.ggml_dtype.type_size();
+    // Checked: a GGUF may declare a shape whose element count fits but whose byte size does
+    // not (found by fuzzing: an f32 tensor of 2^62 elements).
+    let len = (elems / block)
+        .checked_mul(info.ggml_dtype.type_size())
+        .ok_or_else(|| ModelError::Metadata(format!("{name}: shape too large")))?;
     let start = usize::try_from(info.offset)
         .map_err(|_| ModelError::Metadata(format!("{name}: offset out of range")))?;
     match start.checked_add(len) {

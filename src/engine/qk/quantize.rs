@@ -209,7 +209,10 @@ mod tests {
             let d = amax / 127.0;
             assert_eq!(a.d()[ib], f16::from_f32(d).to_f32());
             let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
-            assert_eq!(a.s_t()[ib * 4], f16::from_f32(d * sum as f32).to_f32());
+            assert_eq!(
+                a.s_t()[ib * a.rows_pad()],
+                f16::from_f32(d * sum as f32).to_f32()
+            );
             for (qi, xi) in q.iter().zip(blk) {
                 assert!((f32::from(*qi) * d - xi).abs() <= d * 0.5001);
             }

@@ -38,6 +38,14 @@ fn gguf_tensor_shape_overflow_is_refused() {
     assert!(err.contains("shape too large"), "{err}");
 }
 
+/// `general.alignment = 0` made candle's GGUF reader divide by zero (a panic in the dependency,
+/// found by the 10M-run campaign): our reader refuses the header first.
+#[test]
+fn gguf_zero_alignment_is_refused() {
+    let err = gguf_meta("alignment-zero").unwrap_err();
+    assert!(err.contains("alignment is 0"), "{err}");
+}
+
 /// A tensor whose element count fits in `usize` but whose size in bytes (elements / block size
 /// × block bytes) does not: the byte length overflowed in `tensor_span` (found by the 10M-run
 /// campaign, 580k executions in).

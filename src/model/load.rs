@@ -5,11 +5,10 @@
 //! out as the one opaque [`LoadError::Rejected`], so the error is no oracle.
 
 use std::fs::File;
-use std::io::{BufReader, Cursor};
+use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -230,7 +229,7 @@ pub fn build_model(
     weights: Arc<LockedRegion>,
     threads: usize,
 ) -> Result<BuiltModel, String> {
-    let ct = gguf_file::Content::read(&mut Cursor::new(meta)).map_err(|e| e.to_string())?;
+    let ct = super::gguf_header::read_header(meta)?;
     if ct.tensor_data_offset != meta.len() as u64 {
         return Err("GGUF header length does not match the sealed meta segment".into());
     }

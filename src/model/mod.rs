@@ -2,6 +2,7 @@
 //! into locked memory.
 
 pub mod fetch;
+mod gguf_header;
 mod load;
 mod rewrap;
 mod seal_gguf;

@@ -6,7 +6,6 @@ use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file;
 use rand::rngs::OsRng;
 
 use crate::keys::{KeyProvider, PublisherKey};
@@ -39,10 +38,11 @@ pub fn gguf_meta_len(path: &Path) -> Result<(u64, u64), SealGgufError> {
             source,
         })?
         .len();
-    let ct = gguf_file::Content::read(&mut f).map_err(|e| SealGgufError::NotGguf {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
+    let ct =
+        super::gguf_header::read_header_from(&mut f).map_err(|reason| SealGgufError::NotGguf {
+            path: p.clone(),
+            reason,
+        })?;
     if ct.tensor_data_offset > total {
         return Err(SealGgufError::NotGguf {
             path: p,

@@ -46,6 +46,14 @@ fn gguf_zero_alignment_is_refused() {
     assert!(err.contains("alignment is 0"), "{err}");
 }
 
+/// The same with the key written `general.alignment\0` (length 18): candle drops trailing NULs
+/// from keys, so it is the same key (found in review; the first scan matched only length 17).
+#[test]
+fn gguf_zero_alignment_behind_a_nul_padded_key_is_refused() {
+    let err = gguf_meta("alignment-zero-nul-padded-key").unwrap_err();
+    assert!(err.contains("alignment is 0"), "{err}");
+}
+
 /// A tensor whose element count fits in `usize` but whose size in bytes (elements / block size
 /// × block bytes) does not: the byte length overflowed in `tensor_span` (found by the 10M-run
 /// campaign, 580k executions in).

@@ -12,12 +12,13 @@ use candle_core::quantized::gguf_file;
 
 const ALIGNMENT_KEY: &[u8] = b"general.alignment";
 
-/// Parses a whole GGUF header held in memory (metadata and tensor infos).
+/// Parses a whole GGUF header held in memory (metadata and tensor infos). A zero alignment is
+/// named in the error; any other panic in candle's parser is caught like in [`read_header_from`].
 pub(crate) fn read_header(meta: &[u8]) -> Result<gguf_file::Content, String> {
     if declares_zero_alignment(meta) {
         return Err("GGUF general.alignment is 0".into());
     }
-    gguf_file::Content::read(&mut std::io::Cursor::new(meta)).map_err(|e| e.to_string())
+    read_header_from(&mut std::io::Cursor::new(meta))
 }
 
 /// Parses the GGUF header at the start of `reader` (a file too large to hold in memory). The
@@ -33,22 +34,28 @@ pub(crate) fn read_header_from<R: Read + Seek>(
 }
 
 /// Whether some `general.alignment` key in `meta` holds an integer 0, the value candle divides
-/// by. Scans the bytes for the key with its length prefix (u64 in GGUF v2/v3, u32 in v1), then
-/// checks the value type (the integer types candle reads as an alignment: u8, i8, u16, i16, u32,
-/// i32) and the value. A match inside some other string can only refuse a header, never let a
-/// zero alignment through, since a real key always appears in the bytes like this.
+/// by. Finds the key's bytes, then checks what a real key there would look like: candle drops
+/// trailing NULs from keys, so the key may be followed by NULs, and its length prefix (u64 in
+/// GGUF v2/v3, u32 in v1) counts them. Then the value type must be one candle reads as an
+/// alignment (u8, i8, u16, i16, u32, i32) and the value 0. A match inside some other string can
+/// only refuse a header, never let a zero alignment through.
 fn declares_zero_alignment(meta: &[u8]) -> bool {
-    let len = ALIGNMENT_KEY.len() as u64;
-    let mut v3_key = len.to_le_bytes().to_vec();
-    v3_key.extend_from_slice(ALIGNMENT_KEY);
-    let mut v1_key = (len as u32).to_le_bytes().to_vec();
-    v1_key.extend_from_slice(ALIGNMENT_KEY);
-    [v3_key, v1_key].iter().any(|key| {
-        meta.windows(key.len())
-            .enumerate()
-            .filter(|(_, w)| w == key)
-            .any(|(at, _)| zero_integer_at(&meta[at + key.len()..]))
-    })
+    meta.windows(ALIGNMENT_KEY.len())
+        .enumerate()
+        .filter(|(_, w)| *w == ALIGNMENT_KEY)
+        .any(|(at, _)| {
+            let after_key = &meta[at + ALIGNMENT_KEY.len()..];
+            let before = &meta[..at];
+            // NULs after the key may be padding (counted by the length prefix) or the start of
+            // the value type: try every split.
+            let nuls = after_key.iter().take_while(|&&b| b == 0).count();
+            (0..=nuls).any(|padding| {
+                let len = (ALIGNMENT_KEY.len() + padding) as u64;
+                let v3 = before.ends_with(&len.to_le_bytes());
+                let v1 = u32::try_from(len).is_ok_and(|l| before.ends_with(&l.to_le_bytes()));
+                (v3 || v1) && zero_integer_at(&after_key[padding..])
+            })
+        })
 }
 
 /// Whether `rest` starts with a value type of 0..=5 (u8, i8, u16, i16, u32, i32) and a zero value.
@@ -92,6 +99,13 @@ mod tests {
                 nonzero[0] = 32;
                 assert!(!declares_zero_alignment(&kv(prefix, ty, &nonzero)), "{ty}");
             }
+        }
+        // candle drops NULs after a key, so "general.alignment\0\0" is the same key.
+        for (ty, width) in [(0u32, 1), (4, 4)] {
+            let mut padded = kv(&19u64.to_le_bytes(), ty, &vec![0; width]);
+            let key_end = padded.len() - 4 - width;
+            padded.splice(key_end..key_end, [0, 0]);
+            assert!(declares_zero_alignment(&padded), "{ty}");
         }
         // Other types are not read as an alignment by candle.
         assert!(!declares_zero_alignment(&kv(&v3, 10, &[0; 8])));

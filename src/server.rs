@@ -88,8 +88,11 @@ impl RunningServer {
     /// audit log with a final record and checkpoint.
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.task.await.map_err(std::io::Error::other)?;
-        self.audit.record(AuditEvent::ServerStop {});
-        self.audit.close();
+        // Closing waits for queued records and fsyncs: not on an async worker.
+        let audit = self.audit;
+        tokio::task::spawn_blocking(move || audit.close(AuditEvent::ServerStop {}))
+            .await
+            .map_err(std::io::Error::other)?;
         result
     }
 

@@ -3,8 +3,8 @@
 //! a failure to append is logged loudly and never takes a request down with it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
     AuditError, AuditEvent, AuditLog, AuditSigner, FsyncPolicy, Hash, KeyId, LogId, SyncPolicy,
@@ -50,8 +50,28 @@ pub fn load_signer(path: &Path, key_id: &str) -> Result<AuditSigner, SinkError> 
     AuditSigner::from_pkcs8_pem(id, &pem).map_err(|e| err(e.to_string()))
 }
 
+/// How long [`AuditSink::close`] waits for records still queued on the blocking pool.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 pub struct AuditSink {
     log: Mutex<Option<AuditLog>>,
+    /// Records handed to the blocking pool and not yet appended: `close` waits for them so the
+    /// stop record really is the last one and nothing queued is lost.
+    queued: Mutex<usize>,
+    drained: Condvar,
+}
+
+/// One queued record: counted while it exists, whether its task runs or is dropped unrun.
+struct Queued(Arc<AuditSink>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut queued = self.0.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        *queued -= 1;
+        if *queued == 0 {
+            self.0.drained.notify_all();
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditSink {
@@ -89,34 +109,38 @@ impl AuditSink {
         )?;
         Ok(AuditSink {
             log: Mutex::new(Some(log)),
+            queued: Mutex::new(0),
+            drained: Condvar::new(),
         })
     }
 
     /// Appends `event`; failures are logged, not propagated (the request path must not fail
     /// because of the audit trail, and the error is visible to operators).
     pub fn record(&self, event: AuditEvent) {
-        let mut guard = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(log) = guard.as_mut() {
-            if let Err(e) = log.append(now_ms(), event) {
-                tracing::error!(error = %e, "audit append failed");
+        let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        match guard.as_mut() {
+            Some(log) => {
+                if let Err(e) = log.append(now_ms(), event) {
+                    tracing::error!(error = %e, "audit append failed");
+                }
             }
+            None => tracing::error!(event = event.kind(), "audit record after close: dropped"),
         }
     }
 
     /// Appends `event` on tokio's blocking pool when called inside a runtime, else at once.
     ///
-    /// For records anyone can trigger in bulk (failed logins, limit refusals): appending
-    /// fsyncs under the log's lock by default, and doing that on an async worker would let a
-    /// flood of 401s or 429s stall every connection on the runtime. Records keep their hash
-    /// chain either way; only their order relative to concurrent records may change.
-    pub fn record_in_background(self: &std::sync::Arc<Self>, event: AuditEvent) {
+    /// For records a client can trigger in bulk (failed logins, limit refusals, guard
+    /// decisions, extraction alarms, watermark checks): appending fsyncs under the log's lock by
+    /// default, and doing that on an async worker would let a flood of them stall every
+    /// connection on the runtime. Records keep their hash chain either way; only their order
+    /// relative to concurrent records may change. [`close`](Self::close) waits for them.
+    pub fn record_in_background(self: &Arc<Self>, event: AuditEvent) {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                let sink = std::sync::Arc::clone(self);
-                runtime.spawn_blocking(move || sink.record(event));
+                *self.queued.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+                let queued = Queued(Arc::clone(self));
+                runtime.spawn_blocking(move || queued.0.record(event));
             }
             Err(_) => self.record(event),
         }
@@ -124,10 +148,7 @@ impl AuditSink {
 
     /// Writes a signed checkpoint now.
     pub fn checkpoint(&self) -> Result<(), AuditError> {
-        let mut guard = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         match guard.as_mut() {
             Some(log) => log.checkpoint(now_ms()),
             None => Ok(()),
@@ -136,19 +157,28 @@ impl AuditSink {
 
     /// Sequence number of the next record and the current head hash.
     pub fn head(&self) -> Option<(u64, Hash)> {
-        let guard = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         guard.as_ref().map(|l| (l.next_seq(), l.head_hash()))
     }
 
-    /// Writes a final checkpoint and closes the file.
-    pub fn close(&self) {
-        let mut guard = self
-            .log
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Waits (up to [`CLOSE_WAIT`]) for records queued by
+    /// [`record_in_background`](Self::record_in_background), appends `last` (the stop record),
+    /// writes a final checkpoint and closes the file.
+    pub fn close(&self, last: AuditEvent) {
+        let queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        let (queued, _) = self
+            .drained
+            .wait_timeout_while(queued, CLOSE_WAIT, |n| *n > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        if *queued > 0 {
+            tracing::error!(
+                queued = *queued,
+                "closing the audit log with records still queued"
+            );
+        }
+        drop(queued);
+        self.record(last);
+        let mut guard = self.log.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(log) = guard.take() {
             if let Err(e) = log.close(now_ms()) {
                 tracing::error!(error = %e, "closing the audit log failed");

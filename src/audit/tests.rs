@@ -586,3 +586,57 @@ fn audit_log_is_send() {
     send::<AuditLog>();
     send::<AuditSigner>();
 }
+
+/// Records queued on the blocking pool (the bulk, client-triggered ones) are all appended before
+/// the stop record when the sink closes; none is dropped by a close that races them.
+#[test]
+fn close_waits_for_background_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit.key");
+    std::fs::write(&key, signer().to_pkcs8_pem().unwrap().as_bytes()).unwrap();
+    let cfg = AuditConfig {
+        path: dir.path().join("audit.log"),
+        signing_key: key,
+        public_key: dir.path().join("audit.pub"),
+        log_id: "cloister:test".into(),
+        key_id: "audit-1".into(),
+        checkpoint_every: 1000,
+        fsync_every: 1,
+        retention_days: 1,
+    };
+    let sink = std::sync::Arc::new(AuditSink::open(&cfg).unwrap());
+    // One blocking thread, held by a gate until close has been called: the queued records
+    // cannot run before close starts, so a close that did not wait would drop them all.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    let (open_gate, gate) = std::sync::mpsc::channel::<()>();
+    runtime.spawn_blocking(move || gate.recv());
+    const QUEUED: usize = 64;
+    runtime.block_on(async {
+        for _ in 0..QUEUED {
+            sink.record_in_background(AuditEvent::AuthFailed {
+                reason_code: AuthFailReason::Missing,
+                tenant: None,
+            });
+        }
+    });
+    let closing = std::sync::Arc::clone(&sink);
+    let close = std::thread::spawn(move || closing.close(AuditEvent::ServerStop {}));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    open_gate.send(()).unwrap();
+    close.join().unwrap();
+    let text = std::fs::read_to_string(&cfg.path).unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            ["AuthFailed", "ServerStop"]
+                .into_iter()
+                .find(|k| l.contains(k))
+        })
+        .collect();
+    assert_eq!(kinds.len(), QUEUED + 1, "every queued record was appended");
+    assert_eq!(kinds.last(), Some(&"ServerStop"), "the stop record is last");
+}

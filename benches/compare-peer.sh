@@ -5,7 +5,9 @@
 #
 #   - 1 stream, 128 tokens per request (3 requests): decode tokens/s and TTFT;
 #   - 8 concurrent streams, 64 tokens each (16 requests): aggregate tokens/s and TTFT p95
-#     (the peer runs with --parallel 4, as the issue specifies).
+#     (the peer runs with --parallel 4, as the issue specifies);
+#   - prefill: 3 prompts per round of PREFILL_WORDS (default 400) random words, one token
+#     generated, each prompt new to both servers: median TTFT and prompt tokens/s.
 #
 # Rounds alternate ours/peer (ROUNDS, default 2) and each side keeps its best, because these
 # machines are noisy. Prints both servers' RSS after each phase too (weights resident once:
@@ -63,7 +65,30 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" "$ROUNDS" <<'EOF'
+# Prefill: one long prompt, one generated token, so TTFT is the prompt's processing time. Every
+# request gets a prompt neither server has seen (llama.cpp's prompt cache would otherwise skip
+# the work); ours and the peer get the same prompts.
+PREFILL_WORDS=${PREFILL_WORDS:-400}
+prompt() { python3 -c "import random, sys
+words = 'the of and to in is was for on that with as by at from it an be this which or are'.split()
+words += 'river mountain garden letter window market silver winter morning answer'.split()
+rng = random.Random(int(sys.argv[1]))
+print('Summarize this text: ' + ' '.join(rng.choice(words) for _ in range($PREFILL_WORDS)))" "$1"; }
+PROMPT_TOKENS=$(curl -sk https://127.0.0.1:8443/v1/completions -H "Authorization: Bearer $TOKEN" \
+  -H 'Content-Type: application/json' \
+  -d "$(python3 -c 'import json, sys; print(json.dumps({"model": "smollm2-135m-instruct", "prompt": sys.argv[1], "max_tokens": 1}))' "$(prompt 0)")" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["usage"]["prompt_tokens"])')
+for round in $(seq 1 "$ROUNDS"); do
+  for i in 1 2 3; do
+    p=$(prompt $((round * 10 + i)))
+    for side in ours peer; do
+      $side -c 1 -n 1 --warmup 0 --max-tokens 1 --prompt "$p" >"$OUT/$side-prefill-$round-$i.json"
+    done
+  done
+done
+echo "prefill prompt: $PROMPT_TOKENS tokens"
+
+python3 - "$OUT" "$ROUNDS" "$PROMPT_TOKENS" <<'EOF'
 import json, sys, pathlib
 out, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 def load(side, c):
@@ -84,6 +109,15 @@ for c, label in [(1, "1 stream (128 tok)"), (8, "8 streams (64 tok)")]:
         bo, bp = best(o, key, hi), best(p, key, hi)
         ratio = (bo / bp) if bp else float("nan")
         rows.append((label, key, bo, bp, ratio))
+# Prefill: the median over every round's prompts (each prompt is one cold request).
+prompt_tokens = int(sys.argv[3])
+def prefill(side):
+    ttfts = sorted(json.loads(f.read_text().strip().splitlines()[-1])["ttft_p50_s"]
+                   for f in out.glob(f"{side}-prefill-*.json"))
+    return ttfts[len(ttfts) // 2]
+po, pp = prefill("ours"), prefill("peer")
+rows.append((f"prefill ({prompt_tokens} tok)", "ttft_median_s", po, pp, po / pp))
+rows.append((f"prefill ({prompt_tokens} tok)", "tokens_per_s", prompt_tokens / po, prompt_tokens / pp, pp / po))
 print("ratio = cloister / llama.cpp (higher is better for tokens/s, lower for TTFT)")
 print(f"{'phase':<20} {'metric':<14} {'cloister':>10} {'llama.cpp':>10} {'ratio':>7}")
 for label, key, bo, bp, ratio in rows:

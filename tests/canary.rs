@@ -471,6 +471,10 @@ fn served_model_keeps_the_canary_only_in_the_locked_region() {
                  scanning it needs root or CAP_SYS_PTRACE. P1 was NOT checked for the server \
                  process. ***\n\n"
             );
+            figure(
+                "canary.served.hits",
+                format!("SKIPPED: /proc/<pid>/mem unreadable ({e})"),
+            );
             return;
         }
     };

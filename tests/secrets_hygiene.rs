@@ -479,10 +479,16 @@ fn server_process_cannot_dump_core_or_be_read_by_its_peers() {
     let _ = control.kill();
     let _ = control.wait();
     match control_result {
-        Err(e) => eprintln!(
-            "\n\n*** SKIPPED the dumpable check: a peer cannot open even a dumpable process's \
-             memory here ({e}). Non-dumpability was NOT checked. ***\n\n"
-        ),
+        Err(e) => {
+            eprintln!(
+                "\n\n*** SKIPPED the dumpable check: a peer cannot open even a dumpable \
+                 process's memory here ({e}). Non-dumpability was NOT checked. ***\n\n"
+            );
+            figure(
+                "secrets.peer_mem_refused",
+                format!("SKIPPED: a peer cannot read even a dumpable process ({e})"),
+            );
+        }
         Ok(()) => {
             let refused = peer_can_open_mem(pid).is_err();
             figure(

@@ -60,15 +60,30 @@ fuzz_part() {
             ok=1
             continue
         fi
-        local target status executions exec_per_s seconds commit date corpus_inputs options=""
-        # shellcheck disable=SC1090 # key=value lines written by fuzz/campaign.sh
-        source "$f"
+        # key=value lines written by fuzz/campaign.sh, read by key (never sourced).
+        local -A r=()
+        local key value
+        while IFS='=' read -r key value; do r[$key]=$value; done <"$f"
+        local status=${r[status]:-missing} executions=${r[executions]:-0}
+        [[ $executions =~ ^[0-9]+$ ]] || executions=0
         record "fuzz.$t" "$(thousands "$executions") runs, $([ "$status" = ok ] &&
-            echo "0 crashes" || echo CRASHED) ($exec_per_s exec/s, $seconds s, commit $commit, ${date%%T*}${options:+, $options})"
+            echo "0 crashes" || echo "status $status") (${r[exec_per_s]:-?} exec/s, \
+${r[seconds]:-?} s, commit ${r[commit]:-?}, ${r[date]%%T*}${r[options]:+, ${r[options]}})"
         [ "$status" = ok ] && [ "$executions" -ge 10000000 ] || ok=1
+        unset r
     done
     return $ok
 }
+
+for part in $PARTS; do
+    case $part in
+    fuzz | vectors | schemathesis | load | canary | prefix | isolation | secrets) ;;
+    *)
+        echo "unknown part $part (parts: fuzz vectors schemathesis load canary prefix isolation secrets)" >&2
+        exit 2
+        ;;
+    esac
+done
 
 for part in $PARTS; do
     case $part in
@@ -76,8 +91,8 @@ for part in $PARTS; do
     vectors) run vectors cargo test --test vectors -- --nocapture ;;
     schemathesis)
         run schemathesis bash tests/schemathesis/run.sh
-        record schemathesis.cases \
-            "$(grep -A1 '^Test cases:' "$LOGS/schemathesis.log" | tail -1 | sed 's/^ *//')"
+        cases=$(grep -A1 '^Test cases:' "$LOGS/schemathesis.log" | tail -1 | sed 's/^ *//')
+        record schemathesis.cases "${cases:-NOT FOUND in the log}"
         ;;
     load) run load env LOAD_SECS="${LOAD_SECS:-60}" cargo bench --profile dev --bench load ;;
     canary) run canary cargo test --test canary -- --nocapture ;;
@@ -87,10 +102,6 @@ for part in $PARTS; do
         ;;
     isolation) run isolation cargo test --test isolation -- --nocapture ;;
     secrets) run secrets cargo test --test secrets_hygiene -- --nocapture ;;
-    *)
-        echo "unknown part $part" >&2
-        exit 2
-        ;;
     esac
 done
 
@@ -137,6 +148,31 @@ while IFS=$'\t' read -r key value; do
     printf '%-34s | %-26s | %s\n' "$key" "$(goal_of "$key")" "$value"
 done <"$CLOISTER_SUITE_FIGURES"
 echo
+
+# A goal with no figure, or a check that was skipped, is no evidence: it fails its part.
+part_of() {
+    case $1 in
+    load* | crash*) echo load ;;
+    prefix_timing*) echo prefix ;;
+    *) echo "${1%%.*}" ;;
+    esac
+}
+has_figure() { awk -F'\t' -v k="$1" '$1 == k || index($1, k ".") == 1 { found = 1 } END { exit !found }' "$CLOISTER_SUITE_FIGURES"; }
+for key in "${!GOAL[@]}"; do
+    part=$(part_of "$key")
+    [[ " $PARTS " == *" $part "* ]] && [ "${STATUS[$part]}" = pass ] || continue
+    if ! has_figure "$key"; then
+        echo "MISSING: no figure for $key"
+        STATUS[$part]="FAIL (figure $key missing)"
+    fi
+done
+while IFS=$'\t' read -r key value; do
+    part=$(part_of "$key")
+    if [[ $value == SKIPPED* ]] && [ "${STATUS[$part]:-}" = pass ]; then
+        STATUS[$part]="FAIL ($key skipped)"
+    fi
+done <"$CLOISTER_SUITE_FIGURES"
+
 failed=0
 for part in $PARTS; do
     printf '%-13s %s\n' "$part" "${STATUS[$part]}"

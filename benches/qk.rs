@@ -145,31 +145,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .filter(|k| k.is_available())
         .collect();
+    if simd.is_empty() {
+        println!("decode step per SIMD kernel: none on this CPU (scalar kernel only)");
+    }
     for b in [1usize, 8] {
         let x576: Vec<f32> = (0..b * 1536).map(|_| r.gen_range(-1.0..1.0)).collect();
         let mut out = vec![0.0f32; b * 49152];
         let mut first = None;
         for &kernel in &simd {
             let step = time_ms(15, || {
+                // A failing kernel would time as fast as it fails: it must not pass silently.
                 for w in &views {
                     let k = w.cols();
-                    let _ = matmul_with(
+                    matmul_with(
                         *w,
                         &x576[..b * k],
                         &mut out[..b * w.rows()],
                         &pool,
                         kernel,
                         &mut scratch,
-                    );
+                    )
+                    .expect("matmul");
                 }
-                let _ = matmul_with(
+                matmul_with(
                     out_w,
                     &x576[..b * 576],
                     &mut out,
                     &pool,
                     kernel,
                     &mut scratch,
-                );
+                )
+                .expect("matmul");
             });
             let base = *first.get_or_insert(step);
             println!(

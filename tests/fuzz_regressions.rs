@@ -60,7 +60,7 @@ fn gguf_zero_alignment_behind_a_nul_padded_key_is_refused() {
 #[test]
 fn gguf_tensor_byte_size_overflow_is_refused() {
     let err = gguf_meta("tensor-bytes-overflow").unwrap_err();
-    assert!(err.contains("shape too large"), "{err}");
+    assert!(err.contains("size in bytes too large"), "{err}");
 }
 
 // The next three inputs are the `tiny-llama` seed (fuzz/corpus/gguf_meta/, also copied here)

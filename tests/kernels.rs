@@ -515,6 +515,9 @@ fn many_matrices_in_one_call_equal_separate_calls() {
             Kernel::Scalar,
             &mut vec![]
         ),
-        Err(QkError::OutputLength { .. })
+        Err(QkError::OutputCount {
+            matrices: 2,
+            outputs: 1
+        })
     ));
 }

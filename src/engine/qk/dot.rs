@@ -1,7 +1,7 @@
 //! Block dot products: a scalar reference and SIMD kernels (AVX2/FMA/F16C,
 //! and the same with AVX-512 VNNI integer sums).
 //!
-//! Both paths perform the *same* floating-point operations in the same
+//! All three paths perform the *same* floating-point operations in the same
 //! order (see the module docs of [`crate::engine::qk`]): per block the i32 products
 //! are summed in eight lanes of four, each lane is converted to f32 and
 //! fused-multiply-added with `d_w · d_x` into its own accumulator, and the
@@ -215,13 +215,15 @@ pub(crate) fn compute_rows(
                     (Kernel::Scalar, QWeight::Q4_1(_)) => scalar_tile_q4_1(wrow, acts, b0, o),
                     (Kernel::Scalar, QWeight::Q8_0(_)) => scalar_tile_q8_0(wrow, acts, b0, o),
                     #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx2 | Kernel::Avx512Vnni, QWeight::Q4_1(_)) => {
+                    // SAFETY: `kernel.is_available()` was checked above.
+                    (Kernel::Avx2 | Kernel::Avx512Vnni, QWeight::Q4_1(_)) => unsafe {
                         simd::tile_q4_1(kernel == Kernel::Avx512Vnni, wrow, acts, b0, o)
-                    }
+                    },
                     #[cfg(target_arch = "x86_64")]
-                    (Kernel::Avx2 | Kernel::Avx512Vnni, QWeight::Q8_0(_)) => {
+                    // SAFETY: `kernel.is_available()` was checked above.
+                    (Kernel::Avx2 | Kernel::Avx512Vnni, QWeight::Q8_0(_)) => unsafe {
                         simd::tile_q8_0(kernel == Kernel::Avx512Vnni, wrow, acts, b0, o)
-                    }
+                    },
                     #[cfg(not(target_arch = "x86_64"))]
                     (Kernel::Avx2 | Kernel::Avx512Vnni, _) => {
                         return Err(QkError::KernelUnavailable(kernel))
@@ -271,7 +273,7 @@ fn scalar_tile_q8_0(wrow: &[u8], acts: &QuantizedActs, b0: usize, out: &mut [f32
 /// Two instruction sets share one body (the `row_kernels!` macro): AVX2 forms
 /// each lane's four-product integer sum with `maddubs` + `madd`, AVX-512 VNNI
 /// with one `dpbusd`. The sums are exact either way (no i16 saturation: Q4_1
-/// is 0..15 × ±127 and Q8_0's sign trick is ≤ 128 × 127 per pair), so both
+/// is 0..15 × ±127 and Q8_0's sign trick gives products ≤ 128 × 127, pairs ≤ 2 × 128 × 127), so both
 /// kernels produce the same bits as the scalar reference.
 #[cfg(target_arch = "x86_64")]
 mod simd {
@@ -327,8 +329,11 @@ mod simd {
     }
 
     /// Q4_1 row × batch-column tile; `vnni` picks the AVX-512 VNNI variant.
+    ///
+    /// # Safety
+    /// The CPU must support the chosen variant ([`super::Kernel::is_available`]).
     #[inline]
-    pub(super) fn tile_q4_1(
+    pub(super) unsafe fn tile_q4_1(
         vnni: bool,
         wrow: &[u8],
         acts: &QuantizedActs,
@@ -343,9 +348,9 @@ mod simd {
             // Unreachable through `compute_rows`; stay memory-safe anyway.
             return super::scalar_tile_q4_1(wrow, acts, b0, out);
         }
-        // SAFETY: `compute_rows` checked that the kernel is available on this
-        // CPU before calling; the checks above establish every bound the
-        // kernels' pointer arithmetic relies on.
+        // SAFETY: the caller guarantees the CPU supports the variant; the
+        // checks above establish every bound the kernels' pointer arithmetic
+        // relies on.
         unsafe {
             if vnni {
                 by_width!(q4_1_vnni, out.len(), wrow, acts, b0, out)
@@ -356,8 +361,11 @@ mod simd {
     }
 
     /// Q8_0 row × batch-column tile; `vnni` picks the AVX-512 VNNI variant.
+    ///
+    /// # Safety
+    /// As [`tile_q4_1`].
     #[inline]
-    pub(super) fn tile_q8_0(
+    pub(super) unsafe fn tile_q8_0(
         vnni: bool,
         wrow: &[u8],
         acts: &QuantizedActs,

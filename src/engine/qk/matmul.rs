@@ -28,8 +28,8 @@ const CHUNKS_PER_THREAD: usize = 4;
 const MIN_CHUNK_ROWS: usize = 16;
 /// Below this many multiply-adds a call runs on the current thread. The
 /// model's forward pass runs inside the pool, so a split is a fork to workers
-/// that are usually still spinning from the previous kernel (a few µs), not a
-/// wake-up from outside (~10-15 µs); measured with the decode bench, 128 Ki
+/// that are usually still in rayon's short search rounds after the previous
+/// kernel, not yet parked (a few µs), not a wake-up from outside (~10-15 µs); measured with the decode bench, 128 Ki
 /// beat 512 Ki (single stream 98 vs 94 tokens/s: the 576×576 projections now
 /// split). Results are identical either way (the split never changes an
 /// output's arithmetic).
@@ -178,9 +178,9 @@ pub fn matmul_quantized_many(
 ) -> Result<(), QkError> {
     let batch = acts.rows();
     if ws.len() != outs.len() {
-        return Err(QkError::OutputLength {
-            expected: ws.len(),
-            actual: outs.len(),
+        return Err(QkError::OutputCount {
+            matrices: ws.len(),
+            outputs: outs.len(),
         });
     }
     for (w, out) in ws.iter().zip(outs.iter()) {

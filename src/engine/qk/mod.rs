@@ -115,6 +115,14 @@ pub enum QkError {
         /// Values supplied.
         actual: usize,
     },
+    /// A multi-matrix call got a different number of output buffers than matrices.
+    #[error("{matrices} matrices but {outputs} output buffers")]
+    OutputCount {
+        /// Matrices supplied.
+        matrices: usize,
+        /// Output buffers supplied.
+        outputs: usize,
+    },
     /// Activations were quantized in the wrong format for this weight type.
     #[error("activations are {actual:?}, the weights need {expected:?}")]
     ActFormatMismatch {

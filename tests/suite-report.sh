@@ -64,11 +64,11 @@ fuzz_part() {
         local -A r=()
         local key value
         while IFS='=' read -r key value; do r[$key]=$value; done <"$f"
-        local status=${r[status]:-missing} executions=${r[executions]:-0}
+        local status=${r[status]:-missing} executions=${r[executions]:-0} date=${r[date]:-?}
         [[ $executions =~ ^[0-9]+$ ]] || executions=0
         record "fuzz.$t" "$(thousands "$executions") runs, $([ "$status" = ok ] &&
             echo "0 crashes" || echo "status $status") (${r[exec_per_s]:-?} exec/s, \
-${r[seconds]:-?} s, commit ${r[commit]:-?}, ${r[date]%%T*}${r[options]:+, ${r[options]}})"
+${r[seconds]:-?} s, commit ${r[commit]:-?}, ${date%%T*}${r[options]:+, ${r[options]}})"
         [ "$status" = ok ] && [ "$executions" -ge 10000000 ] || ok=1
         unset r
     done

@@ -64,6 +64,13 @@ pub struct AuditSink {
 /// One queued record: counted while it exists, whether its task runs or is dropped unrun.
 struct Queued(Arc<AuditSink>);
 
+impl Queued {
+    fn new(sink: &Arc<AuditSink>) -> Self {
+        *sink.queued.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Queued(Arc::clone(sink))
+    }
+}
+
 impl Drop for Queued {
     fn drop(&mut self) {
         let mut queued = self.0.queued.lock().unwrap_or_else(PoisonError::into_inner);
@@ -138,8 +145,7 @@ impl AuditSink {
     pub fn record_in_background(self: &Arc<Self>, event: AuditEvent) {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                *self.queued.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-                let queued = Queued(Arc::clone(self));
+                let queued = Queued::new(self);
                 runtime.spawn_blocking(move || queued.0.record(event));
             }
             Err(_) => self.record(event),

@@ -273,8 +273,9 @@ fn scalar_tile_q8_0(wrow: &[u8], acts: &QuantizedActs, b0: usize, out: &mut [f32
 /// Two instruction sets share one body (the `row_kernels!` macro): AVX2 forms
 /// each lane's four-product integer sum with `maddubs` + `madd`, AVX-512 VNNI
 /// with one `dpbusd`. The sums are exact either way (no i16 saturation: Q4_1
-/// is 0..15 × ±127 and Q8_0's sign trick gives products ≤ 128 × 127, pairs ≤ 2 × 128 × 127), so both
-/// kernels produce the same bits as the scalar reference.
+/// is 0..15 × ±127, and Q8_0's sign trick gives products ≤ 128 × 127 and
+/// pairs ≤ 2 × 128 × 127), so both kernels produce the same bits as the scalar
+/// reference.
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;

@@ -29,9 +29,9 @@ const MIN_CHUNK_ROWS: usize = 16;
 /// Below this many multiply-adds a call runs on the current thread. The
 /// model's forward pass runs inside the pool, so a split is a fork to workers
 /// that are usually still in rayon's short search rounds after the previous
-/// kernel, not yet parked (a few µs), not a wake-up from outside (~10-15 µs); measured with the decode bench, 128 Ki
-/// beat 512 Ki (single stream 98 vs 94 tokens/s: the 576×576 projections now
-/// split). Results are identical either way (the split never changes an
+/// kernel, not yet parked (a few µs), not a wake-up from outside (~10-15 µs);
+/// measured with the decode bench, 128 Ki beat 512 Ki (single stream 98 vs 94
+/// tokens/s: the 576×576 projections now split). Results are identical either way (the split never changes an
 /// output's arithmetic).
 const PARALLEL_MIN_MACS: usize = 128 * 1024;
 

@@ -55,7 +55,7 @@ use cloister::auth::Scope;
 use cloister::engine::SeqCache;
 use cloister::model::open_sealed;
 use cloister::securemem::LockPolicy;
-use common::{figure, fixture, ServeProcess, MODEL_ID};
+use common::{figure, fixture, skipped, ServeProcess, MODEL_ID};
 use rand::RngCore;
 use serde_json::{json, Value};
 use zeroize::Zeroize;
@@ -466,14 +466,13 @@ fn served_model_keeps_the_canary_only_in_the_locked_region() {
     let scan = match scan_process(&pid.to_string(), &m.canary) {
         Ok(scan) => scan,
         Err(e) => {
-            eprintln!(
-                "\n\n*** SKIPPED: cannot read /proc/{pid}/mem ({e}). The server is non-dumpable; \
-                 scanning it needs root or CAP_SYS_PTRACE. P1 was NOT checked for the server \
-                 process. ***\n\n"
-            );
-            figure(
+            skipped(
                 "canary.served.hits",
-                format!("SKIPPED: /proc/<pid>/mem unreadable ({e})"),
+                format_args!(
+                    "cannot read /proc/{pid}/mem ({e}); the server is non-dumpable, scanning it \
+                     needs root or CAP_SYS_PTRACE"
+                ),
+                "P1 for the server process",
             );
             return;
         }

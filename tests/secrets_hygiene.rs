@@ -17,7 +17,7 @@ use std::process::Command;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use cloister::auth::Scope;
-use common::{figure, fixture, ServeProcess, MODEL_ID};
+use common::{figure, fixture, skipped, ServeProcess, MODEL_ID};
 use serde_json::{json, Value};
 
 /// Distinctive prompts: any occurrence in a log is a leak, not a coincidence.
@@ -479,16 +479,11 @@ fn server_process_cannot_dump_core_or_be_read_by_its_peers() {
     let _ = control.kill();
     let _ = control.wait();
     match control_result {
-        Err(e) => {
-            eprintln!(
-                "\n\n*** SKIPPED the dumpable check: a peer cannot open even a dumpable \
-                 process's memory here ({e}). Non-dumpability was NOT checked. ***\n\n"
-            );
-            figure(
-                "secrets.peer_mem_refused",
-                format!("SKIPPED: a peer cannot read even a dumpable process ({e})"),
-            );
-        }
+        Err(e) => skipped(
+            "secrets.peer_mem_refused",
+            format_args!("a peer cannot open even a dumpable process's memory here ({e})"),
+            "Non-dumpability",
+        ),
         Ok(()) => {
             let refused = peer_can_open_mem(pid).is_err();
             figure(

@@ -29,3 +29,12 @@ pub fn figure(key: &str, value: impl Display) {
         panic!("cannot append to {}: {e}", path.to_string_lossy());
     }
 }
+
+/// Records that a check could not run here: a loud message in the test output, and the figure
+/// `key` as `SKIPPED: <why>`, which `tests/suite-report.sh` counts as a failed part (a skipped
+/// check is no evidence). `unchecked` says what stays unverified.
+#[allow(dead_code)] // The load bench includes this file and never skips.
+pub fn skipped(key: &str, why: impl Display, unchecked: &str) {
+    eprintln!("\n\n*** SKIPPED: {why}. {unchecked} was NOT checked. ***\n\n");
+    figure(key, format!("SKIPPED: {why}"));
+}

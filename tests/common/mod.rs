@@ -395,7 +395,7 @@ impl Fixture {
 mod figures;
 mod serve;
 #[allow(unused_imports)] // Not every test binary records figures.
-pub use figures::figure;
+pub use figures::{figure, skipped};
 pub use serve::ServeProcess;
 
 impl ServeProcess {

@@ -11,6 +11,8 @@ fn main() {
         "kernels/aes256_core.cuh",
         "kernels/aes_ctr.cu",
         "kernels/zero.cu",
+        "kernels/llama.cu",
+        "kernels/host/llama_host.cpp",
         "kernels/host/cuda_host_emu.h",
         "kernels/host/aes_ctr_host.cpp",
     ] {
@@ -19,6 +21,7 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("kernels/host/aes_ctr_host.cpp")
+        .file("kernels/host/llama_host.cpp")
         .std("c++17")
         .opt_level(2)
         .warnings(true)

@@ -14,6 +14,7 @@
 //! disconnects is dropped at the next step, freeing its blocks.
 
 mod kv;
+pub(crate) mod layout;
 mod llama;
 pub mod qk;
 pub mod sched;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 pub use kv::{
     KvBlock, KvError, KvShape, SeqCache, TenantPool, BLOCK_POSITIONS, DEFAULT_KV_POOL_BYTES,
 };
+pub(crate) use llama::rope_tables;
 pub use llama::{LlamaConfig, LlamaModel, ModelError, MAX_CONTEXT_LENGTH};
 
 use crate::metrics::Metrics;

@@ -164,6 +164,25 @@ impl GpuKernels {
         })
     }
 
+    /// Loads `kernels/llama.cu` (from `ptx`, or compiled with NVRTC when `None`) and returns its
+    /// entry points in the order of `names`.
+    pub fn load_llama(
+        &self,
+        ptx: Option<String>,
+        names: &[&str],
+    ) -> Result<Vec<CudaFunction>, GpuError> {
+        let ptx = match ptx {
+            Some(text) => Ptx::from_src(text),
+            None if !nvrtc_present() => return Err(GpuError::NoNvrtc),
+            None => compile(&super::LLAMA_KERNEL)?,
+        };
+        let module = self.stream.context().load_module(ptx)?;
+        names
+            .iter()
+            .map(|n| module.load_function(n).map_err(GpuError::from))
+            .collect()
+    }
+
     /// The stream every launch is queued on (for allocations and copies by the caller).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

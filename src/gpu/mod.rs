@@ -6,7 +6,10 @@
 
 pub mod aes_key_schedule;
 #[cfg(feature = "cuda")]
+pub mod cuda_ops;
+#[cfg(feature = "cuda")]
 pub mod device;
+pub mod forward;
 
 /// One CUDA source file as NVRTC needs it: a name (used in diagnostics and `#include`) and text.
 #[derive(Debug, Clone, Copy)]
@@ -42,15 +45,29 @@ pub const ZERO_KERNEL: KernelSource = KernelSource {
     source: include_str!("../../kernels/zero.cu"),
 };
 
+/// `kernels/llama.cu`: the forward pass's kernels (see [`forward::LlamaKernel`]).
+pub const LLAMA_KERNEL: KernelSource = KernelSource {
+    name: "llama.cu",
+    source: include_str!("../../kernels/llama.cu"),
+};
+
 /// Every kernel translation unit, each with the entry points it defines.
 pub const KERNELS: &[(KernelSource, &[&str])] = &[
     (AES_CTR_KERNEL, &["aes256_ctr_decrypt"]),
     (ZERO_KERNEL, &["zero_fill"]),
+    (LLAMA_KERNEL, forward::LlamaKernel::NAMES),
 ];
 
 /// NVRTC options for the GPU test machines (H100/H200, compute capability 9.0). PTX for
 /// `compute_90` is JIT-compiled by the driver for newer GPUs as well.
-pub const NVRTC_OPTIONS: &[&str] = &["--gpu-architecture=compute_90", "--std=c++17"];
+///
+/// `--fmad=false`: no contraction of `a * b + c` into one FMA, so the forward pass rounds like the
+/// CPU engine it is checked against (explicit `fmaf` calls still fuse, as `mul_add` does there).
+pub const NVRTC_OPTIONS: &[&str] = &[
+    "--gpu-architecture=compute_90",
+    "--std=c++17",
+    "--fmad=false",
+];
 
 /// The kernel's source with every `#include "…"` of a [`KERNEL_HEADERS`] entry replaced by that
 /// header's text (each header once; `#pragma once` dropped).

@@ -6,7 +6,8 @@
 //! the DEK — before any plaintext exists. The `decrypt_*_into` methods then read ciphertext
 //! straight into the caller's buffer and decrypt it in place, so the caller's (locked,
 //! zeroize-on-drop) buffer is the only place plaintext ever lives; on any failure the buffer is
-//! wiped.
+//! wiped. [`SealedFile::read_verified_segment`] does the same reading but only checks the tags:
+//! the GPU path uploads that authenticated ciphertext and decrypts it on the device.
 //!
 //! A chunk whose ciphertext was altered (its tag left alone) passes `open`, because the signature
 //! covers tags, and fails in `decrypt_*_into` / `verify_all_tags`. That is safe: a chunk is only
@@ -26,8 +27,8 @@ use crate::keys::{KeyProvider, TrustedPublishers};
 use super::chunk::{SegmentCipher, SegmentKey, SignedDigest};
 use super::error::SealError;
 use super::format::{
-    envelope_aad, ChunkLayout, Envelope, FileLayout, SealedHeader, Segment, FIXED_PREFIX_LEN,
-    MAX_ENVELOPE_LEN, SIGNATURE_LEN, TRAILER_LEN, TRAILER_MAGIC,
+    envelope_aad, ChunkLayout, Envelope, FileLayout, SealedHeader, Segment, SegmentLayout,
+    FIXED_PREFIX_LEN, MAX_ENVELOPE_LEN, SIGNATURE_LEN, TAG_LEN, TRAILER_LEN, TRAILER_MAGIC,
 };
 
 /// An opened, signature-checked sealed file with its unwrapped segment keys.
@@ -147,15 +148,62 @@ impl<R: Read + Seek> SealedFile<R> {
     /// Decrypts `segment` into `out` (exactly the segment's plaintext length): ciphertext is
     /// read into `out` and decrypted in place chunk by chunk. On any error `out` is zeroed.
     pub fn decrypt_into(&mut self, segment: Segment, out: &mut [u8]) -> Result<(), SealError> {
-        let result = self.decrypt_into_inner(segment, out);
+        self.read_segment_with(segment, out, |cipher, chunk, buf, tag| {
+            cipher.open_in_place(chunk.index, chunk.is_last, buf, tag)
+        })
+    }
+
+    /// Reads `segment`'s ciphertext into `out` (exactly the segment's plaintext length, chunk
+    /// `i` at `i · chunk_size`, tags left out) and checks every chunk's tag over it, without
+    /// decrypting: the GPU path uploads `out` as is and decrypts on the device. On any error
+    /// `out` is zeroed, so nothing unauthenticated is ever handed on.
+    pub fn read_verified_segment(
+        &mut self,
+        segment: Segment,
+        out: &mut [u8],
+    ) -> Result<(), SealError> {
+        self.read_segment_with(segment, out, |cipher, chunk, ciphertext, tag| {
+            if cipher.verify(chunk.index, chunk.is_last, ciphertext, tag) {
+                Ok(())
+            } else {
+                Err(SealError::Rejected)
+            }
+        })
+    }
+
+    /// Reads `segment`'s chunks into `out`, then runs `per_chunk` (decrypt, or check the tag)
+    /// on every chunk in place. On any error `out` is zeroed.
+    fn read_segment_with<F>(
+        &mut self,
+        segment: Segment,
+        out: &mut [u8],
+        per_chunk: F,
+    ) -> Result<(), SealError>
+    where
+        F: Fn(&SegmentCipher, &ChunkLayout, &mut [u8], &[u8; TAG_LEN]) -> Result<(), SealError>
+            + Sync,
+    {
+        let layout = *self.layout.segment(segment);
+        let result = (|| {
+            let tags = self.read_chunks(&layout, out)?;
+            let cipher = &self.ciphers[segment_index(segment)];
+            for_each_chunk_parallel(&layout, out, tags, |chunk, buf, tag| {
+                per_chunk(cipher, chunk, buf, tag)
+            })
+        })();
         if result.is_err() {
             out.zeroize();
         }
         result
     }
 
-    fn decrypt_into_inner(&mut self, segment: Segment, out: &mut [u8]) -> Result<(), SealError> {
-        let layout = *self.layout.segment(segment);
+    /// Reads every chunk's ciphertext of `layout` straight into its place in `out` (which must
+    /// be exactly the segment's plaintext length) and returns the chunk tags in order.
+    fn read_chunks(
+        &mut self,
+        layout: &SegmentLayout,
+        out: &mut [u8],
+    ) -> Result<Vec<[u8; TAG_LEN]>, SealError> {
         if out.len() as u64 != layout.plaintext_len {
             return Err(SealError::BufferSize {
                 expected: layout.plaintext_len,
@@ -163,46 +211,13 @@ impl<R: Read + Seek> SealedFile<R> {
             });
         }
         seek_to(&mut self.inner, self.base, layout.offset)?;
-        // First read every chunk's ciphertext straight into its place in `out` (tags aside),
-        // then authenticate-and-decrypt the chunks in place on all cores: chunks are
-        // independent, and this is what keeps a sealed load close to a plaintext load.
         let mut tags = Vec::with_capacity(usize::try_from(layout.chunk_count).unwrap_or(0));
         for chunk in layout.chunks() {
             let dst = chunk_slice(out, &chunk)?;
             self.inner.read_exact(dst).map_err(SealError::from_read)?;
-            let tag: [u8; 16] = read_array(&mut self.inner)?;
-            tags.push(tag);
+            tags.push(read_array(&mut self.inner)?);
         }
-        let cipher = &self.ciphers[segment_index(segment)];
-        let size = layout.chunk_size as usize;
-        let mut jobs: Vec<_> = layout
-            .chunks()
-            .zip(
-                out.chunks_mut(size.max(1))
-                    .chain(std::iter::repeat_with(|| &mut [][..])),
-            )
-            .zip(tags)
-            .collect();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_thread = jobs.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(), SealError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks_mut(per_thread)
-                .map(|batch| {
-                    scope.spawn(move || {
-                        for ((chunk, dst), tag) in batch.iter_mut() {
-                            cipher.open_in_place(chunk.index, chunk.is_last, dst, tag)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(Err(SealError::Rejected)))
-                .collect()
-        });
-        results.into_iter().collect()
+        Ok(tags)
     }
 
     /// Checks every chunk's tag over its ciphertext (GHASH, no plaintext produced). After this
@@ -323,6 +338,51 @@ fn segment_index(segment: Segment) -> usize {
         Segment::Meta => 0,
         Segment::Tensors => 1,
     }
+}
+
+/// Runs `per_chunk` on every chunk of `layout`, with its bytes in `buf` (chunk `i` at
+/// `i · chunk_size`) and its tag, on all cores: chunks are independent, and this is what keeps a
+/// sealed load close to a plaintext load.
+fn for_each_chunk_parallel<F>(
+    layout: &SegmentLayout,
+    buf: &mut [u8],
+    tags: Vec<[u8; TAG_LEN]>,
+    per_chunk: F,
+) -> Result<(), SealError>
+where
+    F: Fn(&ChunkLayout, &mut [u8], &[u8; TAG_LEN]) -> Result<(), SealError> + Sync,
+{
+    let size = layout.chunk_size as usize;
+    // An empty segment is one empty chunk, for which `chunks_mut` yields no slice.
+    let mut jobs: Vec<_> = layout
+        .chunks()
+        .zip(
+            buf.chunks_mut(size.max(1))
+                .chain(std::iter::repeat_with(|| &mut [][..])),
+        )
+        .zip(tags)
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_thread = jobs.len().div_ceil(threads).max(1);
+    let per_chunk = &per_chunk;
+    let results: Vec<Result<(), SealError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks_mut(per_thread)
+            .map(|batch| {
+                scope.spawn(move || {
+                    for ((chunk, dst), tag) in batch.iter_mut() {
+                        per_chunk(chunk, dst, tag)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(SealError::Rejected)))
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 fn chunk_slice<'a>(out: &'a mut [u8], chunk: &ChunkLayout) -> Result<&'a mut [u8], SealError> {

@@ -5,7 +5,7 @@
 use std::io::Cursor;
 use std::sync::OnceLock;
 
-use aes::cipher::{BlockEncrypt, KeyInit};
+use aes::cipher::{BlockEncrypt, KeyInit, KeyIvInit, StreamCipher};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -128,10 +128,18 @@ fn assert_refused(file: &[u8], trusted: &TrustedPublishers, keys: &dyn crate::ke
     assert_is_rejected(&f.verify_all_tags().unwrap_err());
     let mut failures = 0;
     for segment in Segment::ALL {
-        let mut out = vec![0xAAu8; f.header().segment_len(segment) as usize];
-        if let Err(e) = f.decrypt_into(segment, &mut out) {
+        let len = f.header().segment_len(segment) as usize;
+        let mut out = vec![0xAAu8; len];
+        let decrypted = f.decrypt_into(segment, &mut out);
+        // The GPU path's tag check must refuse exactly what decryption refuses.
+        let mut ciphertext = vec![0xAAu8; len];
+        let verified = f.read_verified_segment(segment, &mut ciphertext);
+        assert_eq!(decrypted.is_ok(), verified.is_ok(), "{segment:?}");
+        if let (Err(e), Err(v)) = (decrypted, verified) {
             assert_is_rejected(&e);
+            assert_is_rejected(&v);
             assert!(out.iter().all(|&b| b == 0), "buffer not zeroed");
+            assert!(ciphertext.iter().all(|&b| b == 0), "ciphertext not zeroed");
             failures += 1;
         }
     }
@@ -525,6 +533,79 @@ fn verified_ciphertext_decrypts_with_ctr_from_the_documented_block() {
         .unwrap_err();
     assert_is_rejected(&e);
     assert!(ct.iter().all(|&b| b == 0));
+}
+
+/// The segment's chunk ciphertexts as stored in `file`, tags left out.
+fn stored_ciphertext(file: &[u8], layout: &SegmentLayout) -> Vec<u8> {
+    layout
+        .chunks()
+        .flat_map(|c| file[c.offset as usize..][..c.len].iter().copied())
+        .collect()
+}
+
+#[test]
+fn read_verified_segment_gives_stored_ciphertext_that_ctr_decrypts_to_plaintext() {
+    // The whole-segment GPU contract: the host hands over exactly the stored ciphertext, and
+    // AES-256-CTR (RustCrypto's `ctr`, low 32 bits big-endian) from each chunk's
+    // ctr_initial_block yields the plaintext. Shapes include empty and one-byte segments.
+    let (ring, publisher, trusted) = keys(6);
+    let c = CHUNK as usize;
+    for (i, (meta_len, tensors_len)) in [(5120, 14336), (0, 0), (1, 3 * c), (c + 1, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let plain = payload(meta_len + tensors_len, 10 + i as u64);
+        let (file, _) = seal_vec(&plain, meta_len, &ring, &publisher);
+        let mut f = SealedFile::open(Cursor::new(&file), &trusted, &ring).unwrap();
+        let prefix = *f.header().nonce_prefix();
+        for (segment, expected) in Segment::ALL
+            .into_iter()
+            .zip([&plain[..meta_len], &plain[meta_len..]])
+        {
+            let layout = *f.layout().segment(segment);
+            let mut out = vec![0xAAu8; expected.len()];
+            f.read_verified_segment(segment, &mut out).unwrap();
+            assert_eq!(out, stored_ciphertext(&file, &layout), "{segment:?}");
+            let key = f.segment_key(segment).as_bytes();
+            for chunk in layout.chunks() {
+                let block = ctr_initial_block(&chunk_nonce(&prefix, chunk.index, chunk.is_last));
+                let at = chunk.plaintext_offset as usize;
+                ctr::Ctr32BE::<aes::Aes256>::new(key.into(), &block.into())
+                    .apply_keystream(&mut out[at..at + chunk.len]);
+            }
+            assert_eq!(out, expected, "{segment:?}, shape {i}");
+        }
+    }
+}
+
+#[test]
+fn read_verified_segment_rejects_a_flipped_ciphertext_bit_and_wipes_the_buffer() {
+    let fx = shared();
+    let l = fx.summary.layout;
+    let tensors_len = l.tensors.plaintext_len as usize;
+    for chunk in [l.tensors.chunk(0).unwrap(), l.tensors.chunk(3).unwrap()] {
+        let mut bad = fx.file.clone();
+        bad[chunk.offset as usize + chunk.len / 2] ^= 0x20;
+        // `open` passes: the signature covers tags, and the tag is untouched.
+        let mut f = SealedFile::open(Cursor::new(&bad), &fx.trusted, &fx.ring).unwrap();
+        let mut out = vec![0xAAu8; tensors_len];
+        let e = f
+            .read_verified_segment(Segment::Tensors, &mut out)
+            .unwrap_err();
+        assert_is_rejected(&e);
+        assert!(out.iter().all(|&b| b == 0), "chunk {}", chunk.index);
+        // The other segment is unaffected.
+        let mut meta = vec![0u8; fx.meta_len];
+        f.read_verified_segment(Segment::Meta, &mut meta).unwrap();
+        assert_eq!(meta, stored_ciphertext(&bad, &l.meta));
+    }
+    let mut f = SealedFile::open(Cursor::new(&fx.file), &fx.trusted, &fx.ring).unwrap();
+    let mut short = vec![0xAAu8; tensors_len - 1];
+    assert!(matches!(
+        f.read_verified_segment(Segment::Tensors, &mut short),
+        Err(SealError::BufferSize { .. })
+    ));
+    assert!(short.iter().all(|&b| b == 0));
 }
 
 #[test]

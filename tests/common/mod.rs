@@ -393,6 +393,7 @@ impl Fixture {
 }
 
 mod figures;
+pub mod memscan;
 mod serve;
 #[allow(unused_imports)] // Not every test binary records figures.
 pub use figures::{figure, skipped};

@@ -1,21 +1,56 @@
 #!/usr/bin/env bash
-# One prepared GPU check (DESIGN.md §10: the GPU machines have no Rust toolchain or NVRTC wheel).
-#   Here (CPU machine):   benches/gpu-check.sh prepare <dir>   -> <dir>/gpu_device (test binary) + PTX
-#   On the GPU machine:   benches/gpu-check.sh run <dir>       -> device tests + 1 GiB throughput line
-# libnvrtc (109 MB) is too big to carry, so the PTX is compiled here by tests/nvrtc_compile.rs.
+# The one prepared GPU check (issue 7, DESIGN.md §10). The GPU machines have no Rust toolchain and
+# no network, so everything is built here and copied:
+#
+#   benches/gpu-check.sh prepare <dir>
+#       (CPU machine) writes <dir>/ptx/*.ptx (NVRTC, tests/nvrtc_compile.rs), the GPU test binaries
+#       <dir>/bin/gpu_device and <dir>/bin/gpu_model (feature cuda, debug info stripped), and
+#       <dir>/reference/greedy.json. Needs libnvrtc.so.13 here (pip nvidia-cuda-nvrtc==13.0.88).
+#   benches/gpu-check.sh run <dir> <model.gguf>
+#       (GPU machine) runs every GPU test and bench and prints the figures: kernel vs RustCrypto
+#       on the device, CTR decrypt and zero-fill GB/s, sealed-load ÷ plaintext-load time, the
+#       canary host-memory scan, greedy output of the sealed demo model against the llama.cpp
+#       reference, per-tenant device KV pools, decode tokens/s next to the CPU engine.
+#       <model.gguf> is the demo model (SmolLM2-135M-Instruct Q4_1; sha256 checked by the tests).
+#
+# A few minutes end to end; see README.md "GPU path" for the lease logistics.
 set -euo pipefail
-mode=${1:?prepare|run}; dir=${2:?dir}
+mode=${1:?prepare|run}
+dir=${2:?dir}
 case $mode in
 prepare)
-  mkdir -p "$dir"
+  mkdir -p "$dir/ptx" "$dir/bin" "$dir/reference"
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-  CLOISTER_REQUIRE_NVRTC=1 CLOISTER_WRITE_PTX_DIR="$dir" cargo test --test nvrtc_compile
-  bin=$(cargo test --features cuda --test gpu_device --no-run --message-format=json \
-        | python3 -c 'import sys,json
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("executable") and m.get("target",{}).get("name")=="gpu_device": print(m["executable"])')
-  cp "$bin" "$dir/gpu_device" ;;
+  CLOISTER_REQUIRE_NVRTC=1 CLOISTER_WRITE_PTX_DIR="$dir/ptx" cargo test --locked --test nvrtc_compile
+  cargo test --locked --features cuda --test gpu_device --test gpu_model --no-run \
+      --message-format=json \
+    | python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    name = m.get("target", {}).get("name")
+    if m.get("executable") and name in ("gpu_device", "gpu_model"):
+        print(name, m["executable"])' \
+    | while read -r name exe; do objcopy --strip-debug "$exe" "$dir/bin/$name"; done
+  ref=${CLOISTER_REFERENCE_DIR:-../shared/reference}
+  cp "$ref/greedy.json" "$dir/reference/"
+  ls -la "$dir/bin" "$dir/ptx" ;;
 run)
-  CLOISTER_KERNEL_PTX_DIR="$dir" "$dir/gpu_device" --nocapture --test-threads=1 ;;
+  model=${3:?model.gguf}
+  dir=$(cd "$dir" && pwd)
+  cache=$(mktemp -d)
+  mkdir -p "$cache/models"
+  ln -s "$(cd "$(dirname "$model")" && pwd)/$(basename "$model")" \
+    "$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  export CLOISTER_KERNEL_PTX_DIR="$dir/ptx" CLOISTER_CACHE_DIR="$cache" CLOISTER_GPU_MODEL="$model" \
+    CLOISTER_REFERENCE_DIR="$dir/reference"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  status=0
+  for t in gpu_device gpu_model; do
+    echo "== $t"
+    "$dir/bin/$t" --nocapture --test-threads=1 || status=1
+  done
+  exit $status ;;
+*)
+  echo "usage: $0 prepare|run <dir> [model.gguf]" >&2
+  exit 2 ;;
 esac

@@ -5,7 +5,7 @@
 // and each item repeats the CPU engine's arithmetic in the CPU engine's order (src/engine/llama.rs,
 // src/engine/qk): the same 8-lane accumulators, the same f16 roundings, the same Q8_1/Q8_0
 // activation quantization. Why: (1) greedy output then follows the CPU engine, which matches the
-// llama.cpp reference, up to the last bit of expf/sqrtf; (2) a kernel with no cooperation between
+// llama.cpp reference, up to the last bit of sqrtf (exp is our own, cl_exp); (2) a kernel with no cooperation between
 // threads runs unchanged as host C++ (kernels/host/), so the CPU tests run this exact code
 // against the CPU engine on machines without a GPU. Speed is secondary for a 135M-parameter model.
 //
@@ -54,6 +54,9 @@ CL_INLINE float cl_round_f16(float x) {
 CL_INLINE float cl_load_f32(const uint8_t* p) { return *reinterpret_cast<const float*>(p); }
 CL_INLINE void cl_store_f32(uint8_t* p, float v) { *reinterpret_cast<float*>(p) = v; }
 CL_INLINE float cl_rint(float x) { return rintf(x); }
+CL_INLINE double cl_rint_d(double x) { return rint(x); }
+// 2^k for an integral k in [-1022, 1023].
+CL_INLINE double cl_pow2(double k) { return __longlong_as_double((long long)(k + 1023.0) << 52); }
 #define CL_NEG_INF __int_as_float(0xff800000)
 #else
 CL_INLINE float cl_f16_to_f32(uint32_t h) {
@@ -104,8 +107,39 @@ CL_INLINE float cl_load_f32(const uint8_t* p) {
 }
 CL_INLINE void cl_store_f32(uint8_t* p, float v) { memcpy(p, &v, 4); }
 CL_INLINE float cl_rint(float x) { return nearbyintf(x); }
+CL_INLINE double cl_rint_d(double x) { return nearbyint(x); }
+CL_INLINE double cl_pow2(double k) {
+    const uint64_t bits = (uint64_t)((int64_t)k + 1023) << 52;
+    double d;
+    memcpy(&d, &bits, 8);
+    return d;
+}
 #define CL_NEG_INF (-INFINITY)
 #endif
+
+// e^x as src/engine/expf.rs `exp_f32` computes it, operation for operation (f64 + - *, rint, an
+// exact 2^k), so the GPU and the CPU engine get the same bits; CUDA's expf and libm's expf differ
+// in the last ulp, enough to flip a greedy near-tie.
+CL_INLINE float cl_exp(float x) {
+    if (x != x) return x;
+    if (x > 89.0f) return -CL_NEG_INF;
+    if (x < -104.0f) return 0.0f;
+    const double xd = (double)x;
+    const double k = cl_rint_d(xd * 0x1.71547652b82fep+0);
+    const double r = (xd - k * 0x1.62e42fee00000p-1) - k * 0x1.a39ef35793c76p-33;
+    double p = 0x1.27e4fb7789f5cp-22;
+    p = p * r + 0x1.71de3a556c734p-19;
+    p = p * r + 0x1.a01a01a01a01ap-16;
+    p = p * r + 0x1.a01a01a01a01ap-13;
+    p = p * r + 0x1.6c16c16c16c17p-10;
+    p = p * r + 0x1.1111111111111p-7;
+    p = p * r + 0x1.5555555555555p-5;
+    p = p * r + 0x1.5555555555555p-3;
+    p = p * r + 0x1.0000000000000p-1;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    return (float)(p * cl_pow2(k));
+}
 
 CL_INLINE float cl_f16_at(const uint8_t* p) { return cl_f16_to_f32((uint32_t)p[0] | ((uint32_t)p[1] << 8)); }
 
@@ -295,12 +329,12 @@ extern "C" __global__ void attention(const float* q, const uint64_t* tables,
         float max = CL_NEG_INF;
         for (uint32_t t = 0; t <= p; ++t) max = fmaxf(max, cl_dot8(qh, CL_KEY(t), hd) * scale);
         double sum = 0.0;
-        for (uint32_t t = 0; t <= p; ++t) sum += (double)expf(cl_dot8(qh, CL_KEY(t), hd) * scale - max);
+        for (uint32_t t = 0; t <= p; ++t) sum += (double)cl_exp(cl_dot8(qh, CL_KEY(t), hd) * scale - max);
         const float inv = (float)(1.0 / sum);
         float acc[CL_MAX_HEAD_DIM];
         for (uint32_t i = 0; i < hd; ++i) acc[i] = 0.0f;
         for (uint32_t t = 0; t <= p; ++t) {
-            const float e = expf(cl_dot8(qh, CL_KEY(t), hd) * scale - max);
+            const float e = cl_exp(cl_dot8(qh, CL_KEY(t), hd) * scale - max);
             const float pr = cl_round_f16(e * inv);
             const float* vt = (const float*)(cl_uintptr)tab[t / CL_KV_BLOCK_POSITIONS] + v_off +
                               (uint64_t)(t % CL_KV_BLOCK_POSITIONS) * kvd;
@@ -316,7 +350,7 @@ extern "C" __global__ void attention(const float* q, const uint64_t* tables,
 extern "C" __global__ void silu_mul(float* g, const float* u, uint32_t len) {
     CL_GRID_STRIDE(i, len) {
         const float x = g[i];
-        g[i] = x / (1.0f + expf(-x)) * u[i];
+        g[i] = x / (1.0f + cl_exp(-x)) * u[i];
     }
 }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use candle_core::quantized::{gguf_file, GgmlDType};
 
+use super::expf::exp_f32;
 use super::kv::{KvError, KvShape, SeqCache, BLOCK_POSITIONS};
 use super::layout::{Embedding, Layer, ModelLayout, VecRef, WFormat, WeightRef};
 use super::qk::{
@@ -490,7 +491,7 @@ impl LlamaModel {
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let mut sum = 0.0f64;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = exp_f32(*s - max);
             sum += f64::from(*s);
         }
         let inv = (1.0 / sum) as f32;
@@ -572,7 +573,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp_f32(-x))
 }
 
 fn add_assign(x: &mut [f32], y: &[f32]) {

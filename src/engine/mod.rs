@@ -13,6 +13,7 @@
 //! over without blocking (a slow reader only pauses its own sequence), and a client that
 //! disconnects is dropped at the next step, freeing its blocks.
 
+mod expf;
 mod kv;
 pub(crate) mod layout;
 mod llama;

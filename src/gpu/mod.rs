@@ -10,6 +10,10 @@ pub mod cuda_ops;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod forward;
+#[cfg(feature = "cuda")]
+pub mod model_load;
+#[cfg(feature = "cuda")]
+pub mod sealed_load;
 
 /// One CUDA source file as NVRTC needs it: a name (used in diagnostics and `#include`) and text.
 #[derive(Debug, Clone, Copy)]

@@ -9,6 +9,7 @@ use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::quantized::gguf_file;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
@@ -39,6 +40,9 @@ pub enum LoadError {
     Memory(std::io::Error),
     #[error("sealed model {path} holds an unusable model: {reason}")]
     Model { path: String, reason: String },
+    /// The GPU failed while taking the model (driver, memory, kernel load).
+    #[error("GPU: {0}")]
+    Gpu(String),
 }
 
 /// A model ready to serve.
@@ -229,6 +233,20 @@ pub fn build_model(
     weights: Arc<LockedRegion>,
     threads: usize,
 ) -> Result<BuiltModel, String> {
+    let (ct, tokenizer, chat) = read_meta(meta)?;
+    let model = LlamaModel::load_with_threads(&ct, weights, threads).map_err(|e| e.to_string())?;
+    Ok(BuiltModel {
+        model,
+        tokenizer,
+        chat,
+    })
+}
+
+/// The decrypted `meta` segment (the GGUF header) read into the tensor table, tokenizer and chat
+/// template — what every engine needs besides the weights.
+pub fn read_meta(
+    meta: &[u8],
+) -> Result<(gguf_file::Content, ModelTokenizer, ChatTemplate), String> {
     let ct = super::gguf_header::read_header(meta)?;
     if ct.tensor_data_offset != meta.len() as u64 {
         return Err("GGUF header length does not match the sealed meta segment".into());
@@ -236,12 +254,7 @@ pub fn build_model(
     let spec = super::tokenizer_spec(&ct)?;
     let tokenizer = ModelTokenizer::from_spec(&spec).map_err(|e| e.to_string())?;
     let chat = ChatTemplate::from_spec(&spec).map_err(|e| e.to_string())?;
-    let model = LlamaModel::load_with_threads(&ct, weights, threads).map_err(|e| e.to_string())?;
-    Ok(BuiltModel {
-        model,
-        tokenizer,
-        chat,
-    })
+    Ok((ct, tokenizer, chat))
 }
 
 /// Checks a sealed file's signature and every chunk tag without producing plaintext; returns a

@@ -9,7 +9,7 @@ mod seal_gguf;
 
 pub use load::{
     build_model, key_provider, load_key_material, load_sealed_model, load_trusted, open_pkcs11,
-    open_sealed, sealed_kek, verify_sealed_file, BuiltModel, LoadError, LoadedModel,
+    open_sealed, read_meta, sealed_kek, verify_sealed_file, BuiltModel, LoadError, LoadedModel,
 };
 pub use rewrap::{rewrap_sealed_file, RewrapError, RewrapReport};
 pub use seal_gguf::{gguf_meta_len, seal_gguf_file, SealGgufError};

@@ -1,0 +1,151 @@
+//! The sealed demo model on a real GPU (feature `cuda`): weights decrypted only on the device,
+//! greedy output against the llama.cpp reference, tenants' KV pools apart, and decode speed next
+//! to the CPU engine in the same run. Skips (and says so) without a CUDA driver.
+//!
+//! Kernels come from NVRTC, or from PTX files in `$CLOISTER_KERNEL_PTX_DIR` (written by
+//! `tests/nvrtc_compile.rs` via `CLOISTER_WRITE_PTX_DIR`). `benches/gpu-check.sh` runs this.
+#![cfg(feature = "cuda")]
+
+mod common;
+#[path = "kernel_shim/forward_checks.rs"]
+mod forward_checks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cloister::engine::SeqCache;
+use cloister::gpu::device::{GpuError, GpuKernels, KernelPtx};
+use cloister::gpu::forward::{DeviceOps, DeviceSeq, GpuLlama};
+use cloister::gpu::model_load::{open_sealed_on_gpu, GpuLoadedModel};
+use cloister::securemem::LockPolicy;
+use common::figure;
+use common::fixture;
+
+fn ptx(file: &str) -> Option<String> {
+    let dir = std::path::PathBuf::from(std::env::var_os("CLOISTER_KERNEL_PTX_DIR")?);
+    Some(std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")))
+}
+
+fn kernels() -> Option<Arc<GpuKernels>> {
+    let loaded = match (ptx("aes_ctr.ptx"), ptx("zero.ptx")) {
+        (Some(aes_ctr), Some(zero)) => GpuKernels::load_ptx(0, &KernelPtx { aes_ctr, zero }),
+        _ => GpuKernels::load(0),
+    };
+    match loaded {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e @ (GpuError::NoDriver | GpuError::NoNvrtc)) => {
+            println!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn load_on_gpu(kernels: Arc<GpuKernels>) -> GpuLoadedModel {
+    let f = fixture();
+    let (_, trusted) = cloister::model::load_key_material(&f.cfg).expect("key material");
+    open_sealed_on_gpu(
+        &f.cfg.sealed_model,
+        &f.keyring(),
+        &trusted,
+        kernels,
+        ptx("llama.ptx"),
+    )
+    .expect("load sealed model on the GPU")
+}
+
+fn cpu_model() -> cloister::model::LoadedModel {
+    let f = fixture();
+    let (_, trusted) = cloister::model::load_key_material(&f.cfg).expect("key material");
+    cloister::model::open_sealed(
+        &f.cfg.sealed_model,
+        &f.keyring(),
+        &trusted,
+        LockPolicy::BestEffort,
+    )
+    .expect("load on the CPU")
+}
+
+#[test]
+fn gpu_sealed_model_greedy_matches_reference() {
+    let Some(k) = kernels() else { return };
+    let t = Instant::now();
+    let mut loaded = load_on_gpu(k);
+    let load_s = t.elapsed().as_secs_f64();
+    let cpu = cpu_model();
+    let worst = forward_checks::greedy_matches_reference(&mut loaded.model, &cpu.model);
+    println!(
+        "gpu model: sealed load {load_s:.2} s, {} MiB on the device; greedy = reference for every \
+         prompt; max |logit - CPU engine logit| after prefill {worst:.2e}",
+        loaded.tensors_len >> 20
+    );
+    figure("gpu.greedy_matches_reference", "yes");
+    figure("gpu.max_logit_diff_vs_cpu", format!("{worst:.2e}"));
+}
+
+#[test]
+fn gpu_tenant_pools_are_apart_and_zeroed() {
+    let Some(k) = kernels() else { return };
+    let mut loaded = load_on_gpu(k);
+    forward_checks::tenants_apart_and_zeroed(&mut loaded.model);
+    println!("gpu pools: tenants apart, released blocks zero, full pool refuses only its tenant");
+}
+
+/// Decode tokens per second of `seqs` sequences for `steps` steps after a short prefill.
+fn gpu_decode_rate<D: DeviceOps>(gpu: &mut GpuLlama<D>, seqs: usize, steps: usize) -> f64 {
+    let pool = gpu.new_pool(256 << 20).expect("pool");
+    let mut caches: Vec<DeviceSeq> = (0..seqs).map(|_| DeviceSeq::new(pool.clone())).collect();
+    let prompts: Vec<Vec<u32>> = (0..seqs)
+        .map(|i| (1..17).map(|t| t + i as u32).collect())
+        .collect();
+    {
+        let mut items: Vec<(&[u32], &mut DeviceSeq)> = prompts
+            .iter()
+            .map(Vec::as_slice)
+            .zip(caches.iter_mut())
+            .collect();
+        gpu.forward_batch(&mut items).expect("prefill");
+    }
+    let tokens: Vec<[u32; 1]> = (0..seqs).map(|i| [100 + i as u32]).collect();
+    let t = Instant::now();
+    for _ in 0..steps {
+        let mut items: Vec<(&[u32], &mut DeviceSeq)> = tokens
+            .iter()
+            .map(|x| x.as_slice())
+            .zip(caches.iter_mut())
+            .collect();
+        gpu.forward_batch(&mut items).expect("decode");
+    }
+    let rate = (seqs * steps) as f64 / t.elapsed().as_secs_f64();
+    for c in caches {
+        c.release(gpu.device()).expect("release");
+    }
+    rate
+}
+
+#[test]
+fn gpu_decode_speed_next_to_cpu_engine() {
+    let Some(k) = kernels() else { return };
+    let mut loaded = load_on_gpu(k);
+    let gpu_1 = gpu_decode_rate(&mut loaded.model, 1, 64);
+    let gpu_8 = gpu_decode_rate(&mut loaded.model, 8, 32);
+    let cpu = cpu_model();
+    let mut cache = SeqCache::default();
+    let prompt: Vec<u32> = (1..17).collect();
+    cpu.model.forward(&prompt, &mut cache).expect("cpu prefill");
+    let steps = 32;
+    let t = Instant::now();
+    for _ in 0..steps {
+        cpu.model.forward(&[100], &mut cache).expect("cpu decode");
+    }
+    let cpu_1 = steps as f64 / t.elapsed().as_secs_f64();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "gpu decode: {gpu_1:.1} tok/s (1 sequence), {gpu_8:.1} tok/s (8 sequences); CPU engine \
+         {cpu_1:.1} tok/s (1 sequence, {threads} threads); ratio gpu/cpu (1 sequence) {:.2}",
+        gpu_1 / cpu_1
+    );
+    figure("gpu.decode_tok_s_1", format!("{gpu_1:.1}"));
+    figure("gpu.decode_tok_s_8", format!("{gpu_8:.1}"));
+    figure("gpu.cpu_engine_tok_s_1", format!("{cpu_1:.1}"));
+}

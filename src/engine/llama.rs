@@ -66,6 +66,14 @@ pub enum ModelError {
 pub const MAX_CONTEXT_LENGTH: usize = 128 * 1024;
 
 impl LlamaConfig {
+    /// Geometry of one KV block for this model.
+    pub fn kv_shape(&self) -> KvShape {
+        KvShape {
+            n_layer: self.n_layer,
+            kv_dim: self.n_kv_head * self.head_dim,
+        }
+    }
+
     pub fn from_metadata(ct: &gguf_file::Content) -> Result<Self, ModelError> {
         let get = |k: &str| {
             ct.metadata
@@ -238,10 +246,7 @@ impl LlamaModel {
 
     /// Geometry of this model's KV blocks.
     pub fn kv_shape(&self) -> KvShape {
-        KvShape {
-            n_layer: self.cfg.n_layer,
-            kv_dim: self.cfg.n_kv_head * self.cfg.head_dim,
-        }
+        self.cfg.kv_shape()
     }
 
     /// Runs `tokens` through the model after the positions already in `cache`, appends their keys

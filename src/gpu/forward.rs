@@ -379,10 +379,7 @@ impl<D: DeviceOps> GpuLlama<D> {
     }
 
     pub fn kv_shape(&self) -> KvShape {
-        KvShape {
-            n_layer: self.cfg.n_layer,
-            kv_dim: self.cfg.n_kv_head * self.cfg.head_dim,
-        }
+        self.cfg.kv_shape()
     }
 
     /// The device, e.g. to create pools or release sequences.

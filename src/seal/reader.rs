@@ -244,49 +244,6 @@ impl<R: Read + Seek> SealedFile<R> {
         Ok(())
     }
 
-    /// Reads chunk `index` of `segment` into `ciphertext` (exactly the chunk's length) and
-    /// checks its tag without decrypting — for the GPU path, which then uploads the verified
-    /// ciphertext. On failure `ciphertext` is zeroed.
-    pub fn read_verified_ciphertext(
-        &mut self,
-        segment: Segment,
-        index: u64,
-        ciphertext: &mut [u8],
-    ) -> Result<ChunkLayout, SealError> {
-        let chunk = self
-            .layout
-            .segment(segment)
-            .chunk(index)
-            .ok_or(SealError::Rejected)?;
-        let result = (|| {
-            if ciphertext.len() != chunk.len {
-                return Err(SealError::BufferSize {
-                    expected: chunk.len as u64,
-                    got: ciphertext.len(),
-                });
-            }
-            seek_to(&mut self.inner, self.base, chunk.offset)?;
-            self.inner
-                .read_exact(ciphertext)
-                .map_err(SealError::from_read)?;
-            let tag = read_array(&mut self.inner)?;
-            if self.ciphers[segment_index(segment)].verify(
-                chunk.index,
-                chunk.is_last,
-                ciphertext,
-                &tag,
-            ) {
-                Ok(chunk)
-            } else {
-                Err(SealError::Rejected)
-            }
-        })();
-        if result.is_err() {
-            ciphertext.zeroize();
-        }
-        result
-    }
-
     /// A reader over `len` raw file bytes starting at file offset `offset` (e.g. to copy the
     /// chunks unchanged during a rewrap).
     pub fn raw_range(&mut self, offset: u64, len: u64) -> Result<io::Take<&mut R>, SealError> {

@@ -4,20 +4,19 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/engine_jobs.rs"]
+mod engine_jobs;
 
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloister::engine::{
-    EngineConfig, EngineError, EngineHandle, FinishHook, GenEvent, GenRequest, LlamaModel,
-    SeqCache, TokenUsage,
-};
+use cloister::engine::{EngineConfig, EngineError, EngineHandle, GenEvent, LlamaModel, SeqCache};
 use cloister::metrics::Metrics;
 use cloister::model::{open_sealed, LoadedModel};
-use cloister::sampling::{argmax, SamplingParams};
+use cloister::sampling::argmax;
 use cloister::securemem::LockPolicy;
 use common::fixture;
-use tokio::sync::mpsc;
+use engine_jobs::{collect, submit, Job};
 
 fn load() -> LoadedModel {
     let f = fixture();
@@ -132,67 +131,6 @@ fn chunked_prefill_equals_one_shot() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got), bits(&want));
     assert_eq!(chunked.len(), one.len());
-}
-
-struct Usage(std_mpsc::Sender<TokenUsage>);
-
-impl FinishHook for Usage {
-    fn finish(self: Box<Self>, usage: TokenUsage) {
-        let _ = self.0.send(usage);
-    }
-}
-
-struct Job {
-    rx: mpsc::Receiver<GenEvent>,
-    usage: std_mpsc::Receiver<TokenUsage>,
-}
-
-fn submit(
-    engine: &EngineHandle,
-    tenant: &str,
-    prompt: Vec<u32>,
-    max_tokens: usize,
-    kv_pool_bytes: Option<u64>,
-) -> Job {
-    let (tx, rx) = mpsc::channel(64);
-    let (utx, urx) = std_mpsc::channel();
-    engine
-        .try_submit(GenRequest {
-            tenant: Arc::from(tenant),
-            prompt,
-            max_tokens,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                top_p: 1.0,
-                seed: 0,
-            },
-            stop: Vec::new(),
-            pipeline: Default::default(),
-            kv_pool_bytes,
-            events: tx,
-            on_finish: Box::new(Usage(utx)),
-        })
-        .unwrap();
-    Job { rx, usage: urx }
-}
-
-/// Collects a job's text, or the error it failed with.
-fn collect(mut job: Job) -> Result<(String, usize), EngineError> {
-    let mut text = String::new();
-    while let Some(ev) = job.rx.blocking_recv() {
-        match ev {
-            GenEvent::Text(t) => text.push_str(&t),
-            GenEvent::Logprob(_) => {}
-            GenEvent::Done {
-                completion_tokens, ..
-            } => {
-                job.usage.recv_timeout(Duration::from_secs(30)).unwrap();
-                return Ok((text, completion_tokens));
-            }
-            GenEvent::Failed(e) => return Err(e),
-        }
-    }
-    panic!("events ended without Done");
 }
 
 fn start(loaded: &LoadedModel, metrics: Arc<Metrics>) -> EngineHandle {

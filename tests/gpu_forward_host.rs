@@ -4,6 +4,8 @@
 //! tenants' KV apart. `tests/gpu_device.rs` runs the same checks on a real GPU.
 
 mod common;
+#[path = "common/engine_jobs.rs"]
+mod engine_jobs;
 #[path = "kernel_shim/forward_checks.rs"]
 mod forward_checks;
 #[path = "kernel_shim/host_ops.rs"]
@@ -61,4 +63,56 @@ fn gpu_forward_equals_cpu_engine_and_greedy_matches_reference() {
 #[test]
 fn gpu_batch_keeps_tenants_apart_and_zeroes_released_blocks() {
     forward_checks::tenants_apart_and_zeroed(&mut gpu_model());
+}
+
+/// The engine thread on the GPU backend: the same scheduler, sampling and accounting as on the
+/// CPU, so the same requests produce the same text, from any mix of tenants.
+#[test]
+fn engine_on_the_gpu_backend_serves_what_the_cpu_engine_serves() {
+    use cloister::engine::{EngineConfig, EngineHandle};
+    use cloister::gpu::backend::GpuBackend;
+    use cloister::metrics::Metrics;
+    use std::sync::Arc;
+
+    let f = fixture();
+    let (_, trusted) = cloister::model::load_key_material(&f.cfg).expect("keys");
+    let loaded = cloister::model::open_sealed(
+        &f.cfg.sealed_model,
+        &f.keyring(),
+        &trusted,
+        cloister::securemem::LockPolicy::BestEffort,
+    )
+    .expect("load");
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let run = |engine: &EngineHandle| -> Vec<(String, usize)> {
+        let jobs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ids = loaded.tokenizer.encode_text(p).expect("encode");
+                engine_jobs::submit(engine, &format!("tenant-{i}"), ids, 8, None)
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| engine_jobs::collect(j).expect("completion"))
+            .collect()
+    };
+    let cpu = EngineHandle::start_with(
+        loaded.model.clone(),
+        loaded.tokenizer.clone(),
+        Arc::new(Metrics::new()),
+        EngineConfig::new(8),
+    )
+    .expect("cpu engine");
+    let metrics = Arc::new(Metrics::new());
+    let gpu = EngineHandle::start_backend(
+        GpuBackend::new(gpu_model()),
+        loaded.tokenizer.clone(),
+        metrics.clone(),
+        EngineConfig::new(8),
+    )
+    .expect("gpu engine");
+    let want = run(&cpu);
+    assert_eq!(want.iter().map(|w| w.1).collect::<Vec<_>>(), [8, 8]);
+    assert_eq!(run(&gpu), want);
 }

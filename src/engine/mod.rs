@@ -13,6 +13,7 @@
 //! over without blocking (a slow reader only pauses its own sequence), and a client that
 //! disconnects is dropped at the next step, freeing its blocks.
 
+mod backend;
 mod expf;
 mod kv;
 pub(crate) mod layout;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+pub use backend::{Backend, CpuBackend, KvCache};
 pub use kv::{
     KvBlock, KvError, KvShape, SeqCache, TenantPool, BLOCK_POSITIONS, DEFAULT_KV_POOL_BYTES,
 };
@@ -171,10 +173,20 @@ impl EngineHandle {
         metrics: Arc<Metrics>,
         cfg: EngineConfig,
     ) -> std::io::Result<Self> {
+        Self::start_backend(CpuBackend::new(model), tokenizer, metrics, cfg)
+    }
+
+    /// Starts the engine thread on `backend` (the CPU engine, or the GPU forward pass).
+    pub fn start_backend<B: Backend>(
+        backend: B,
+        tokenizer: Arc<ModelTokenizer>,
+        metrics: Arc<Metrics>,
+        cfg: EngineConfig,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(cfg.queue_capacity.max(1));
         thread::Builder::new()
             .name("cloister-engine".into())
-            .spawn(move || Engine::new(model, tokenizer, metrics, cfg).run(rx))?;
+            .spawn(move || Engine::new(backend, tokenizer, metrics, cfg).run(rx))?;
         Ok(EngineHandle { tx })
     }
 
@@ -213,11 +225,12 @@ impl FinishHook for NoHook {
 }
 
 /// A running sequence and its generation state.
-struct Seq {
+struct Seq<C: KvCache> {
     tenant: Arc<str>,
     events: mpsc::Sender<GenEvent>,
     on_finish: Option<Box<dyn FinishHook>>,
-    cache: SeqCache,
+    /// `None` once handed back to the backend.
+    cache: Option<C>,
     pipeline: LogitsPipeline,
     stop: StopMatcher,
     decoder: StreamDecoder,
@@ -239,7 +252,11 @@ struct Seq {
     finished: Option<FinishReason>,
 }
 
-impl Seq {
+impl<C: KvCache> Seq<C> {
+    fn cache_len(&self) -> usize {
+        self.cache.as_ref().map_or(0, KvCache::positions)
+    }
+
     fn usage(&self) -> TokenUsage {
         TokenUsage {
             // A prompt that never ran consumed nothing.
@@ -303,7 +320,7 @@ impl Seq {
 
     /// Consumes the logits of the last step: samples, streams text, decides whether to go on.
     fn on_logits(&mut self, logits: &mut [f32], ctx: usize, eos: Option<u32>) {
-        if self.completion_tokens >= self.max_tokens || self.cache.len() >= ctx {
+        if self.completion_tokens >= self.max_tokens || self.cache_len() >= ctx {
             return self.finish(FinishReason::Length, false);
         }
         let sampled = self.pipeline.step(logits);
@@ -325,7 +342,7 @@ impl Seq {
                 return self.finish(FinishReason::Stop, true);
             }
         }
-        if self.completion_tokens < self.max_tokens && self.cache.len() < ctx {
+        if self.completion_tokens < self.max_tokens && self.cache_len() < ctx {
             self.input.push(next);
         } else {
             self.finish(FinishReason::Length, false);
@@ -356,41 +373,35 @@ impl Seq {
     }
 }
 
-impl Drop for Seq {
+impl<C: KvCache> Drop for Seq<C> {
     fn drop(&mut self) {
-        // Cancelled (client gone) or stopped engine: charge what was used. The cache's blocks go
-        // back to the tenant's pool, zeroed, when `cache` drops right after this.
+        // Cancelled (client gone) or stopped engine: charge what was used. A cache still held
+        // here drops right after this; its blocks go back to the tenant's pool and are cleared
+        // before anyone draws them again.
         self.settle();
         self.kv_gauge.dec_by(self.kv_counted as i64);
     }
 }
 
 /// The engine thread's state.
-struct Engine {
-    model: Arc<LlamaModel>,
+struct Engine<B: Backend> {
+    backend: B,
     tok: Arc<ModelTokenizer>,
     metrics: Arc<Metrics>,
     cfg: EngineConfig,
     queue: sched::FairQueue<GenRequest>,
-    running: Vec<Seq>,
-    pools: HashMap<Arc<str>, TenantPool>,
+    running: Vec<Seq<B::Cache>>,
 }
 
-impl Engine {
-    fn new(
-        model: Arc<LlamaModel>,
-        tok: Arc<ModelTokenizer>,
-        metrics: Arc<Metrics>,
-        cfg: EngineConfig,
-    ) -> Self {
+impl<B: Backend> Engine<B> {
+    fn new(backend: B, tok: Arc<ModelTokenizer>, metrics: Arc<Metrics>, cfg: EngineConfig) -> Self {
         Engine {
-            model,
+            backend,
             tok,
             metrics,
             cfg,
             queue: sched::FairQueue::default(),
             running: Vec::new(),
-            pools: HashMap::new(),
         }
     }
 
@@ -433,34 +444,46 @@ impl Engine {
             s.flush();
         }
         // Finished or abandoned sequences free their blocks here, at once.
-        self.running.retain(|s| !s.retired());
+        let (retired, running) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|s| s.retired());
+        self.running = running;
+        for mut s in retired {
+            if let Some(cache) = s.cache.take() {
+                self.backend.release(cache);
+            }
+        }
         self.admit();
 
-        let shape = self.model.kv_shape();
         for s in self.running.iter_mut().filter(|s| s.ready()) {
-            let need = s.cache.len() + s.input.len().min(PREFILL_CHUNK);
-            if let Err(e) = s.cache.reserve(shape, need) {
+            let need = s.cache_len() + s.input.len().min(PREFILL_CHUNK);
+            let reserved = match s.cache.as_mut() {
+                Some(cache) => self.backend.reserve(cache, need),
+                None => Err(KvError::ShapeMismatch),
+            };
+            if let Err(e) = reserved {
                 tracing::info!(tenant = %s.tenant, error = %e, "KV pool exhausted");
                 s.fail(EngineError::KvPoolExhausted);
             }
         }
-        let mut batch: Vec<&mut Seq> = self.running.iter_mut().filter(|s| s.ready()).collect();
+        let mut batch: Vec<&mut Seq<B::Cache>> =
+            self.running.iter_mut().filter(|s| s.ready()).collect();
         if batch.is_empty() {
             self.update_block_gauges();
             return false;
         }
         let result = {
-            let mut items: Vec<(&[u32], &mut SeqCache)> = batch
+            let mut items: Vec<(&[u32], &mut B::Cache)> = batch
                 .iter_mut()
-                .map(|s| {
+                .filter_map(|s| {
                     let Seq { input, cache, .. } = &mut **s;
                     let n = input.len().min(PREFILL_CHUNK);
-                    (&input[..n], cache)
+                    Some((&input[..n], cache.as_mut()?))
                 })
                 .collect();
-            self.model.forward_batch(&mut items)
+            self.backend.forward_batch(&mut items)
         };
-        let ctx = self.model.config().context_length;
+        let ctx = self.backend.config().context_length;
         let eos = self.tok.eos_id();
         match result {
             Ok(mut logits) => {
@@ -500,12 +523,13 @@ impl Engine {
             return;
         };
         let budget = req.kv_pool_bytes.unwrap_or(self.cfg.default_kv_pool_bytes);
-        let shape = self.model.kv_shape();
-        let pool = self
-            .pools
-            .entry(tenant.clone())
-            .or_insert_with(|| TenantPool::new(shape, budget));
-        pool.set_budget(budget);
+        let cache = match self.backend.new_cache(&tenant, budget) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, error = %e, "no KV pool for the tenant");
+                None
+            }
+        };
         let on_finish = std::mem::replace(&mut req.on_finish, Box::new(NoHook));
         let mut seq = Seq {
             kv_gauge: self
@@ -516,7 +540,7 @@ impl Engine {
             tenant,
             events: req.events,
             on_finish: Some(on_finish),
-            cache: SeqCache::new(pool.clone()),
+            cache,
             pipeline: LogitsPipeline::new(req.sampling, req.pipeline.clone(), &req.prompt),
             stop: StopMatcher::new(req.stop),
             decoder: self.tok.stream_decoder(),
@@ -531,8 +555,8 @@ impl Engine {
             kv_counted: 0,
             finished: None,
         };
-        let ctx = self.model.config().context_length;
-        if seq.input.is_empty() || seq.input.len() > ctx {
+        let ctx = self.backend.config().context_length;
+        if seq.cache.is_none() || seq.input.is_empty() || seq.input.len() > ctx {
             seq.fail(EngineError::Failed);
         }
         seq.flush();
@@ -540,11 +564,11 @@ impl Engine {
     }
 
     fn update_block_gauges(&self) {
-        for (tenant, pool) in &self.pools {
+        for (tenant, blocks) in self.backend.blocks_in_use() {
             self.metrics
                 .kv_blocks
-                .get_or_create(&Metrics::tenant(tenant))
-                .set(pool.blocks_in_use() as i64);
+                .get_or_create(&Metrics::tenant(&tenant))
+                .set(blocks as i64);
         }
     }
 }

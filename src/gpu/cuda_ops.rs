@@ -18,6 +18,12 @@ const THREADS: u32 = 128;
 /// Grid cap; the kernels' grid-stride loops cover the rest.
 const MAX_BLOCKS: u64 = 65_535;
 
+// The engine thread owns the GPU backend: everything in it must be `Send`.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<CudaOps>();
+};
+
 pub struct CudaOps {
     kernels: Arc<GpuKernels>,
     stream: Arc<CudaStream>,

@@ -387,6 +387,11 @@ impl<D: DeviceOps> GpuLlama<D> {
         &mut self.dev
     }
 
+    /// Makes room for `positions` positions in `seq` (blocks from its tenant's pool).
+    pub fn reserve(&mut self, seq: &mut DeviceSeq, positions: usize) -> Result<(), GpuModelError> {
+        seq.reserve(&mut self.dev, positions)
+    }
+
     /// A new KV pool of `budget_bytes` for one tenant.
     pub fn new_pool(&mut self, budget_bytes: u64) -> Result<Arc<DeviceKvPool>, GpuModelError> {
         let shape = self.kv_shape();

@@ -5,6 +5,7 @@
 //! source tree) and compiled at run time with NVRTC, so building needs no CUDA toolchain.
 
 pub mod aes_key_schedule;
+pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda_ops;
 #[cfg(feature = "cuda")]

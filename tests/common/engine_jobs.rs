@@ -1,0 +1,73 @@
+//! Submitting greedy jobs to an [`EngineHandle`] and collecting what they produce (shared by the
+//! engine tests on the CPU and on the GPU forward pass).
+#![allow(dead_code)]
+
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::Duration;
+
+use cloister::engine::{EngineError, EngineHandle, FinishHook, GenEvent, GenRequest, TokenUsage};
+use cloister::sampling::SamplingParams;
+use tokio::sync::mpsc;
+
+struct Usage(std_mpsc::Sender<TokenUsage>);
+
+impl FinishHook for Usage {
+    fn finish(self: Box<Self>, usage: TokenUsage) {
+        let _ = self.0.send(usage);
+    }
+}
+
+pub struct Job {
+    pub rx: mpsc::Receiver<GenEvent>,
+    pub usage: std_mpsc::Receiver<TokenUsage>,
+}
+
+pub fn submit(
+    engine: &EngineHandle,
+    tenant: &str,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    kv_pool_bytes: Option<u64>,
+) -> Job {
+    let (tx, rx) = mpsc::channel(64);
+    let (utx, urx) = std_mpsc::channel();
+    engine
+        .try_submit(GenRequest {
+            tenant: Arc::from(tenant),
+            prompt,
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_p: 1.0,
+                seed: 0,
+            },
+            stop: Vec::new(),
+            pipeline: Default::default(),
+            kv_pool_bytes,
+            events: tx,
+            on_finish: Box::new(Usage(utx)),
+        })
+        .expect("engine accepts the job");
+    Job { rx, usage: urx }
+}
+
+/// Collects a job's text, or the error it failed with.
+pub fn collect(mut job: Job) -> Result<(String, usize), EngineError> {
+    let mut text = String::new();
+    while let Some(ev) = job.rx.blocking_recv() {
+        match ev {
+            GenEvent::Text(t) => text.push_str(&t),
+            GenEvent::Logprob(_) => {}
+            GenEvent::Done {
+                completion_tokens, ..
+            } => {
+                job.usage
+                    .recv_timeout(Duration::from_secs(30))
+                    .expect("usage reported");
+                return Ok((text, completion_tokens));
+            }
+            GenEvent::Failed(e) => return Err(e),
+        }
+    }
+    panic!("events ended without Done");
+}

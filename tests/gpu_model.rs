@@ -7,6 +7,8 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+#[path = "common/engine_jobs.rs"]
+mod engine_jobs;
 #[path = "kernel_shim/forward_checks.rs"]
 mod forward_checks;
 
@@ -148,4 +150,60 @@ fn gpu_decode_speed_next_to_cpu_engine() {
     figure("gpu.decode_tok_s_1", format!("{gpu_1:.1}"));
     figure("gpu.decode_tok_s_8", format!("{gpu_8:.1}"));
     figure("gpu.cpu_engine_tok_s_1", format!("{cpu_1:.1}"));
+}
+
+/// The engine thread on the CUDA backend serves what the CPU engine serves, for two tenants at
+/// once, and reports the tenants' device blocks back to zero when they are done.
+#[test]
+fn gpu_engine_serves_what_the_cpu_engine_serves() {
+    use cloister::engine::{EngineConfig, EngineHandle};
+    use cloister::gpu::backend::GpuBackend;
+    use cloister::metrics::Metrics;
+
+    let Some(k) = kernels() else { return };
+    let loaded = load_on_gpu(k);
+    let cpu = cpu_model();
+    let prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Water boils at",
+    ];
+    let run = |engine: &EngineHandle| -> Vec<(String, usize)> {
+        let jobs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let ids = cpu.tokenizer.encode_text(p).expect("encode");
+                engine_jobs::submit(engine, &format!("tenant-{}", i % 2), ids, 24, None)
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| engine_jobs::collect(j).expect("completion"))
+            .collect()
+    };
+    let cpu_engine = EngineHandle::start_with(
+        cpu.model.clone(),
+        cpu.tokenizer.clone(),
+        Arc::new(Metrics::new()),
+        EngineConfig::new(8),
+    )
+    .expect("cpu engine");
+    let gpu_engine = EngineHandle::start_backend(
+        GpuBackend::new(loaded.model),
+        cpu.tokenizer.clone(),
+        Arc::new(Metrics::new()),
+        EngineConfig::new(8),
+    )
+    .expect("gpu engine");
+    let want = run(&cpu_engine);
+    let t = Instant::now();
+    let got = run(&gpu_engine);
+    println!(
+        "gpu engine: 3 requests, 2 tenants, {} tokens in {:.2} s; same text as the CPU engine: {}",
+        got.iter().map(|g| g.1).sum::<usize>(),
+        t.elapsed().as_secs_f64(),
+        got == want
+    );
+    assert_eq!(got, want);
+    figure("gpu.engine_equals_cpu_engine", "yes");
 }

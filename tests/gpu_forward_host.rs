@@ -84,18 +84,8 @@ fn engine_on_the_gpu_backend_serves_what_the_cpu_engine_serves() {
     )
     .expect("load");
     let prompts = ["The capital of France is", "def fibonacci(n):"];
-    let run = |engine: &EngineHandle| -> Vec<(String, usize)> {
-        let jobs: Vec<_> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let ids = loaded.tokenizer.encode_text(p).expect("encode");
-                engine_jobs::submit(engine, &format!("tenant-{i}"), ids, 8, None)
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| engine_jobs::collect(j).expect("completion"))
-            .collect()
+    let run = |engine: &EngineHandle| {
+        engine_jobs::run_concurrently(engine, &loaded.tokenizer, &prompts, prompts.len(), 8)
     };
     let cpu = EngineHandle::start_with(
         loaded.model.clone(),

@@ -168,18 +168,8 @@ fn gpu_engine_serves_what_the_cpu_engine_serves() {
         "def fibonacci(n):",
         "Water boils at",
     ];
-    let run = |engine: &EngineHandle| -> Vec<(String, usize)> {
-        let jobs: Vec<_> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let ids = cpu.tokenizer.encode_text(p).expect("encode");
-                engine_jobs::submit(engine, &format!("tenant-{}", i % 2), ids, 24, None)
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| engine_jobs::collect(j).expect("completion"))
-            .collect()
+    let run = |engine: &EngineHandle| {
+        engine_jobs::run_concurrently(engine, &cpu.tokenizer, &prompts, 2, 24)
     };
     let cpu_engine = EngineHandle::start_with(
         cpu.model.clone(),

@@ -71,3 +71,31 @@ pub fn collect(mut job: Job) -> Result<(String, usize), EngineError> {
     }
     panic!("events ended without Done");
 }
+
+/// Submits every prompt at once (prompt `i` as tenant `tenant-{i % tenants}`), greedy, up to
+/// `max_tokens` each, and returns each one's text and completion tokens in order.
+pub fn run_concurrently(
+    engine: &EngineHandle,
+    tokenizer: &cloister::tokenizer::ModelTokenizer,
+    prompts: &[&str],
+    tenants: usize,
+    max_tokens: usize,
+) -> Vec<(String, usize)> {
+    let jobs: Vec<Job> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let ids = tokenizer.encode_text(p).expect("encode");
+            submit(
+                engine,
+                &format!("tenant-{}", i % tenants),
+                ids,
+                max_tokens,
+                None,
+            )
+        })
+        .collect();
+    jobs.into_iter()
+        .map(|j| collect(j).expect("completion"))
+        .collect()
+}

@@ -6,16 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use zeroize::Zeroizing;
-
 use super::cuda_ops::CudaOps;
 use super::device::GpuKernels;
 use super::forward::GpuLlama;
 use super::sealed_load::{upload_sealed_segment, DeviceLoadError};
 use crate::keys::{KekRef, KeyProvider, TrustedPublishers};
+use crate::model::load::open_with_meta;
 use crate::model::{read_meta, LoadError};
 use crate::seal::format::Segment;
-use crate::seal::SealedFile;
 use crate::tokenizer::{ChatTemplate, ModelTokenizer};
 
 /// A sealed model loaded onto the GPU, ready to serve.
@@ -50,21 +48,8 @@ pub fn open_sealed_on_gpu(
 ) -> Result<GpuLoadedModel, LoadError> {
     let p = path.display().to_string();
     let rejected = || LoadError::Rejected { path: p.clone() };
-    // Unbuffered: `SealedFile::open` seeks to every chunk's tag, and each seek would throw away a
-    // read buffer's contents (measured on an H200: 1.42× the plaintext load buffered, ~1.0×
-    // without).
-    let file = std::fs::File::open(path).map_err(|source| LoadError::Io {
-        what: "sealed model",
-        path: p.clone(),
-        source,
-    })?;
-    let mut sealed = SealedFile::open(file, trusted, keys).map_err(|_| rejected())?;
+    let (mut sealed, meta) = open_with_meta(path, keys, trusted)?;
     let header = sealed.header().clone();
-    let meta_len = usize::try_from(header.meta_len()).map_err(|_| rejected())?;
-    let mut meta = Zeroizing::new(vec![0u8; meta_len]);
-    sealed
-        .decrypt_meta_into(&mut meta)
-        .map_err(|_| rejected())?;
     let (ct, tokenizer, chat) = read_meta(&meta).map_err(|reason| LoadError::Model {
         path: p.clone(),
         reason,

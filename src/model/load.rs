@@ -5,7 +5,6 @@
 //! out as the one opaque [`LoadError::Rejected`], so the error is no oracle.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -157,17 +156,39 @@ fn open_verified(
     path: &Path,
     keys: &dyn KeyProvider,
     trusted: &TrustedPublishers,
-) -> Result<SealedFile<BufReader<File>>, LoadError> {
+) -> Result<SealedFile<File>, LoadError> {
     let file = File::open(path).map_err(|source| LoadError::Io {
         what: "sealed model",
         path: path.display().to_string(),
         source,
     })?;
-    SealedFile::open(BufReader::with_capacity(1 << 20, file), trusted, keys).map_err(|_| {
-        LoadError::Rejected {
-            path: path.display().to_string(),
-        }
+    // Unbuffered: `SealedFile::open` seeks to every chunk's tag, and each seek would throw away
+    // a read buffer and refill it (a 1 MiB buffer read the file twice over; on an H200 the
+    // sealed load to the device took 1.42x the plaintext load with it, ~1.0-1.2x without).
+    // The bulk reads are whole chunks straight into the caller's buffer either way.
+    SealedFile::open(file, trusted, keys).map_err(|_| LoadError::Rejected {
+        path: path.display().to_string(),
     })
+}
+
+/// Opens and verifies the sealed model at `path` and decrypts its `meta` segment (the GGUF
+/// header and tokenizer) into zeroizing memory; the `tensors` segment is left to the caller
+/// (into locked host memory, or to the GPU).
+pub(crate) fn open_with_meta(
+    path: &Path,
+    keys: &dyn KeyProvider,
+    trusted: &TrustedPublishers,
+) -> Result<(SealedFile<File>, Zeroizing<Vec<u8>>), LoadError> {
+    let rejected = || LoadError::Rejected {
+        path: path.display().to_string(),
+    };
+    let mut sealed = open_verified(path, keys, trusted)?;
+    let meta_len = usize::try_from(sealed.header().meta_len()).map_err(|_| rejected())?;
+    let mut meta = Zeroizing::new(vec![0u8; meta_len]);
+    sealed
+        .decrypt_meta_into(&mut meta)
+        .map_err(|_| rejected())?;
+    Ok((sealed, meta))
 }
 
 /// Opens, verifies and decrypts a sealed GGUF model.
@@ -179,14 +200,10 @@ pub fn open_sealed(
 ) -> Result<LoadedModel, LoadError> {
     let p = path.display().to_string();
     let rejected = |_: SealError| LoadError::Rejected { path: p.clone() };
-    let mut sealed = open_verified(path, keyring, trusted)?;
+    let (mut sealed, meta) = open_with_meta(path, keyring, trusted)?;
     let header = sealed.header().clone();
-    let meta_len =
-        usize::try_from(header.meta_len()).map_err(|_| LoadError::Rejected { path: p.clone() })?;
     let tensors_len = usize::try_from(header.tensors_len())
         .map_err(|_| LoadError::Rejected { path: p.clone() })?;
-    let mut meta = Zeroizing::new(vec![0u8; meta_len]);
-    sealed.decrypt_meta_into(&mut meta).map_err(rejected)?;
     let mut region = LockedRegion::new(tensors_len, policy).map_err(LoadError::Memory)?;
     sealed
         .decrypt_tensors_into(region.as_mut_slice())

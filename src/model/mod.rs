@@ -3,7 +3,7 @@
 
 pub mod fetch;
 mod gguf_header;
-mod load;
+pub(crate) mod load;
 mod rewrap;
 mod seal_gguf;
 

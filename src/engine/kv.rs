@@ -55,6 +55,9 @@ pub enum KvError {
     /// The block geometry differs from the pool's (a programming error, reported not panicked).
     #[error("KV block shape mismatch")]
     ShapeMismatch,
+    /// The device holding the pool failed (e.g. clearing blocks before handing them out).
+    #[error("KV pool device: {0}")]
+    Device(String),
 }
 
 static NEXT_BLOCK_ID: AtomicU64 = AtomicU64::new(1);

@@ -457,13 +457,20 @@ impl<B: Backend> Engine<B> {
 
         for s in self.running.iter_mut().filter(|s| s.ready()) {
             let need = s.cache_len() + s.input.len().min(PREFILL_CHUNK);
-            let reserved = match s.cache.as_mut() {
-                Some(cache) => self.backend.reserve(cache, need),
-                None => Err(KvError::ShapeMismatch),
+            // A sequence without a cache failed at admission and is never ready.
+            let Some(cache) = s.cache.as_mut() else {
+                continue;
             };
-            if let Err(e) = reserved {
-                tracing::info!(tenant = %s.tenant, error = %e, "KV pool exhausted");
-                s.fail(EngineError::KvPoolExhausted);
+            match self.backend.reserve(cache, need) {
+                Ok(()) => {}
+                Err(e @ KvError::Exhausted { .. }) => {
+                    tracing::info!(tenant = %s.tenant, error = %e, "KV pool exhausted");
+                    s.fail(EngineError::KvPoolExhausted);
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %s.tenant, error = %e, "KV reservation failed");
+                    s.fail(EngineError::Failed);
+                }
             }
         }
         let mut batch: Vec<&mut Seq<B::Cache>> =

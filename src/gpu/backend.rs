@@ -53,8 +53,7 @@ impl<D: DeviceOps + Send + 'static> Backend for GpuBackend<D> {
     fn reserve(&mut self, cache: &mut DeviceSeq, positions: usize) -> Result<(), KvError> {
         self.model.reserve(cache, positions).map_err(|e| match e {
             GpuModelError::KvExhausted { capacity } => KvError::Exhausted { capacity },
-            // A device failure while clearing blocks: refuse the sequence like a full pool.
-            _ => KvError::Exhausted { capacity: 0 },
+            other => KvError::Device(other.to_string()),
         })
     }
 

@@ -404,7 +404,16 @@ impl<D: DeviceOps> GpuLlama<D> {
         &mut self,
         items: &mut [(&[u32], &mut DeviceSeq)],
     ) -> Result<Vec<Vec<f32>>, GpuModelError> {
-        let cfg = self.cfg.clone();
+        // Disjoint borrows: the scratch below holds the device, the kernels read the rest.
+        let GpuLlama {
+            dev,
+            cfg,
+            layout,
+            weights,
+            cos,
+            sin,
+        } = self;
+        let (weights, cos, sin) = (*weights, *cos, *sin);
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -418,7 +427,7 @@ impl<D: DeviceOps> GpuLlama<D> {
             if seq.pos + tokens.len() > cfg.context_length {
                 return Err(ModelError::Input("context window exceeded".into()).into());
             }
-            seq.reserve(&mut self.dev, seq.pos + tokens.len())?;
+            seq.reserve(&mut *dev, seq.pos + tokens.len())?;
         }
         // Per row: token, position, its block's address, and where its sequence's block table
         // starts in `tables`.
@@ -439,14 +448,12 @@ impl<D: DeviceOps> GpuLlama<D> {
             last_rows.push(to_u32(tokens.len() - 1)?);
         }
         let n = tokens.len();
-        let (d, kvd, hd) = (cfg.n_embd, self.kv_shape().kv_dim, cfg.head_dim);
-        let ff = self.layout.layers.first().map_or(0, |l| l.w_gate.rows);
-        let (weights, cos, sin) = (self.weights, self.cos, self.sin);
-        let layout = self.layout.clone();
+        let (d, kvd, hd) = (cfg.n_embd, cfg.kv_shape().kv_dim, cfg.head_dim);
+        let ff = layout.layers.first().map_or(0, |l| l.w_gate.rows);
         let nu = to_u32(n)?;
 
         let mut s = Scratch {
-            dev: &mut self.dev,
+            dev,
             owned: Vec::new(),
         };
         let tokens_d = s.upload(&u32_bytes(&tokens))?;

@@ -123,6 +123,12 @@ struct RawTls {
 struct RawModel {
     id: String,
     sealed: PathBuf,
+    /// Where the model runs: "cpu" (default) or "cuda" (needs a build with `--features cuda`).
+    #[serde(default)]
+    device: Option<String>,
+    /// With device = "cuda": serve on the CPU when no GPU is usable, instead of refusing to start.
+    #[serde(default)]
+    cpu_fallback: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +226,7 @@ pub struct Config {
     pub tls_key: PathBuf,
     pub model_id: String,
     pub sealed_model: PathBuf,
+    pub device: ModelDevice,
     pub keyring: PathBuf,
     pub pkcs11: Option<Pkcs11Settings>,
     pub trusted_publishers: Vec<(String, PathBuf)>,
@@ -236,6 +243,18 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// The file this config was read from (for reloads).
     pub source: Option<PathBuf>,
+}
+
+/// Where the model's weights live and its forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelDevice {
+    /// Locked host memory, the CPU engine.
+    Cpu,
+    /// GPU 0: weights decrypted only in device memory, per-tenant device KV pools.
+    Cuda {
+        /// Serve on the CPU (with a warning) when no GPU is usable, instead of refusing to start.
+        cpu_fallback: bool,
+    },
 }
 
 /// A tenant and the plan it is on.
@@ -359,6 +378,29 @@ impl Config {
                 problems.push(format!("{what}: {e}"));
             }
         }
+        let device = match raw.model.device.as_deref() {
+            None | Some("cpu") => ModelDevice::Cpu,
+            Some("cuda") if cfg!(feature = "cuda") => ModelDevice::Cuda {
+                cpu_fallback: raw.model.cpu_fallback,
+            },
+            Some("cuda") => {
+                problems.push(
+                    "model.device = \"cuda\" needs a binary built with `--features cuda` \
+                     (this one is CPU-only); set device = \"cpu\" or rebuild"
+                        .into(),
+                );
+                ModelDevice::Cpu
+            }
+            Some(other) => {
+                problems.push(format!(
+                    "model.device must be \"cpu\" or \"cuda\", not {other:?}"
+                ));
+                ModelDevice::Cpu
+            }
+        };
+        if raw.model.cpu_fallback && matches!(raw.model.device.as_deref(), None | Some("cpu")) {
+            problems.push("model.cpu_fallback only applies with device = \"cuda\"".into());
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -372,6 +414,7 @@ impl Config {
             tls_key: abs(&raw.tls.key),
             model_id: raw.model.id,
             sealed_model: abs(&raw.model.sealed),
+            device,
             keyring: abs(&raw.keys.keyring),
             pkcs11: raw.keys.pkcs11.as_ref().map(|p| Pkcs11Settings {
                 module: abs(&p.module),
@@ -561,5 +604,27 @@ mod tests {
             "{err:?}"
         );
         assert!(err.iter().any(|e| e.contains("\"gold\"")), "{err:?}");
+    }
+
+    #[test]
+    fn model_device_defaults_to_cpu_and_cuda_needs_the_feature() {
+        let c = Config::parse(GOOD, Path::new("/")).expect("valid");
+        assert_eq!(c.device, ModelDevice::Cpu);
+        let cuda = GOOD.replace("[model]", "[model]\ndevice = \"cuda\"\ncpu_fallback = true");
+        let parsed = Config::parse(&cuda, Path::new("/"));
+        if cfg!(feature = "cuda") {
+            let c = parsed.expect("cuda build takes device = cuda");
+            assert_eq!(c.device, ModelDevice::Cuda { cpu_fallback: true });
+        } else {
+            let e = parsed.expect_err("CPU-only build refuses device = cuda");
+            assert!(e.iter().any(|p| p.contains("--features cuda")), "{e:?}");
+            assert_eq!(e.len(), 1, "{e:?}");
+        }
+        let bad = GOOD.replace("[model]", "[model]\ndevice = \"tpu\"");
+        let e = Config::parse(&bad, Path::new("/")).expect_err("tpu");
+        assert!(e.iter().any(|p| p.contains("not \"tpu\"")), "{e:?}");
+        let stray = GOOD.replace("[model]", "[model]\ncpu_fallback = true");
+        let e = Config::parse(&stray, Path::new("/")).expect_err("fallback without cuda");
+        assert!(e.iter().any(|p| p.contains("cpu_fallback")), "{e:?}");
     }
 }

@@ -45,6 +45,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod model_start;
 pub mod reload;
 pub mod sampling;
 pub mod seal;

@@ -15,11 +15,11 @@ use crate::api::{self, AppState, Ops, ServedModel};
 use crate::audit::{AuditEvent, AuditSink, ConfigPart, KeyId, Label, ModelId};
 use crate::auth::VerifyPolicy;
 use crate::config::Config;
-use crate::engine::EngineHandle;
 use crate::keys::KekRef;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
-use crate::model::{load_sealed_model, LoadError};
+use crate::model::LoadError;
+use crate::model_start::start_model;
 use crate::store::{Ledger, Quotas, SqliteLedger};
 use crate::tenant::TenantRegistry;
 
@@ -138,39 +138,36 @@ pub async fn start(
         ),
         None => tracing::warn!("no [watermark] keys configured: completions are not watermarked"),
     }
-    let load_cfg = cfg.clone();
-    let loaded = tokio::task::spawn_blocking(move || load_sealed_model(&load_cfg))
-        .await
-        .map_err(std::io::Error::other)??;
+    let metrics = Arc::new(Metrics::new());
+    let engine_cfg = crate::engine::EngineConfig {
+        max_running: cfg.max_running,
+        ..crate::engine::EngineConfig::new(cfg.queue_capacity)
+    };
+    let (load_cfg, load_metrics) = (cfg.clone(), metrics.clone());
+    let started =
+        tokio::task::spawn_blocking(move || start_model(&load_cfg, load_metrics, engine_cfg))
+            .await
+            .map_err(std::io::Error::other)??;
     if let (Ok(model), Ok(kek_id), Ok(publisher)) = (
         ModelId::new(cfg.model_id.clone()),
-        KeyId::new(loaded.kek_ref.id.clone()),
-        KeyId::new(loaded.publisher.clone()),
+        KeyId::new(started.kek_ref.id.clone()),
+        KeyId::new(started.publisher.clone()),
     ) {
         audit.record(AuditEvent::ModelUnsealed {
             model,
             kek_id,
-            kek_version: loaded.kek_ref.version,
+            kek_version: started.kek_ref.version,
             publisher,
         });
     }
     tracing::info!(
         model = %cfg.model_id,
-        kek = %loaded.kek,
-        publisher = %loaded.publisher,
-        locked = loaded.weights_locked,
+        kek = %format!("{}@{}", started.kek_ref.id, started.kek_ref.version),
+        publisher = %started.publisher,
+        weights = started.placement,
         "sealed model loaded"
     );
-    let metrics = Arc::new(Metrics::new());
-    let engine = EngineHandle::start_with(
-        loaded.model.clone(),
-        loaded.tokenizer.clone(),
-        metrics.clone(),
-        crate::engine::EngineConfig {
-            max_running: cfg.max_running,
-            ..crate::engine::EngineConfig::new(cfg.queue_capacity)
-        },
-    )?;
+    let engine = started.engine;
     let rates = Arc::new(RateLimits::new());
     for t in &cfg.tenants {
         rates.set_plan(&t.id, &t.plan);
@@ -180,7 +177,7 @@ pub async fn start(
     let ops = Arc::new(Ops {
         config: cfg.clone(),
         reload: reload.clone(),
-        loaded_kek: loaded.kek_ref.clone(),
+        loaded_kek: started.kek_ref.clone(),
     });
     crate::reload::watch_jwks(
         cfg.jwks.clone(),
@@ -193,9 +190,9 @@ pub async fn start(
         engine,
         model: Arc::new(ServedModel {
             id: cfg.model_id.clone(),
-            tokenizer: loaded.tokenizer,
-            chat: loaded.chat,
-            context_length: loaded.model.config().context_length,
+            tokenizer: started.tokenizer,
+            chat: started.chat,
+            context_length: started.context_length,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -236,7 +233,7 @@ pub async fn start(
     if let Some(source) = cfg.source.clone() {
         watch_tenants(source, tenants, rates, reload.clone(), audit.clone());
     }
-    watch_keys(&cfg, loaded.kek_ref.clone(), reload.clone(), audit.clone());
+    watch_keys(&cfg, started.kek_ref, reload.clone(), audit.clone());
     let server = axum_server::from_tcp_rustls(listener, rustls.clone()).handle(handle.clone());
     let admin_addr = match admin_listener {
         Some(l) => {

@@ -57,8 +57,8 @@ impl CudaOps {
 
     /// Takes ownership of a device buffer (e.g. the decrypted weights) and returns its address.
     pub fn adopt(&mut self, buf: CudaSlice<u8>) -> DevPtr {
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
-        drop(_sync);
+        // The event guard `device_ptr` returns ends with this statement, before `buf` moves.
+        let ptr = buf.device_ptr(&self.stream).0;
         self.allocs.insert(ptr, buf);
         ptr
     }

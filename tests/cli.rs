@@ -205,3 +205,58 @@ fn watermark_detect_cli_does_not_flag_human_text() {
     assert!(v["scored"].as_u64().expect("scored") > 200, "{v}");
     assert!(v["p_value"].as_f64().expect("p") > 1e-5, "{v}");
 }
+
+/// `device = "cuda"` where no GPU can serve: a CPU-only binary refuses the config, a CUDA build on
+/// a machine without a driver refuses to start with the reason and the way out; neither crashes.
+/// (On a GPU machine the CUDA build serves from the GPU: `tests/gpu_model.rs`.)
+#[test]
+fn serve_on_cuda_without_a_gpu_is_a_clear_refusal() {
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.config_path).expect("config");
+    let path = f.dir.path().join("cuda.toml");
+    std::fs::write(
+        &path,
+        text.replacen("[model]", "[model]\ndevice = \"cuda\"", 1),
+    )
+    .expect("write config");
+    let gpu_present = cfg!(feature = "cuda") && std::path::Path::new("/dev/nvidiactl").exists();
+    if gpu_present {
+        eprintln!("a GPU is present: the refusal is not exercised here");
+        return;
+    }
+    let out = cloister()
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let reason = if cfg!(feature = "cuda") {
+        "the GPU is not usable"
+    } else {
+        "--features cuda"
+    };
+    assert!(stderr.contains(reason), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A CUDA build allowed to fall back serves on the CPU and says so.
+    if cfg!(feature = "cuda") {
+        let fallback = f.dir.path().join("cuda-fallback.toml");
+        std::fs::write(
+            &fallback,
+            text.replacen(
+                "[model]",
+                "[model]\ndevice = \"cuda\"\ncpu_fallback = true",
+                1,
+            ),
+        )
+        .expect("write config");
+        let mut server = common::ServeProcess::start_with(&fallback, "info");
+        let log = server.drain_log().join("\n");
+        assert!(log.contains("serving on the CPU"), "{log}");
+        assert!(log.contains("locked host memory"), "{log}");
+        server.signal("TERM");
+        server.wait(Duration::from_secs(20));
+    }
+}

@@ -197,3 +197,59 @@ fn gpu_engine_serves_what_the_cpu_engine_serves() {
     assert_eq!(got, want);
     figure("gpu.engine_equals_cpu_engine", "yes");
 }
+
+/// `cloister serve` with `[model] device = "cuda"`: the server starts on the GPU and its
+/// greedy completions over HTTPS equal the llama.cpp reference text.
+#[test]
+fn gpu_serve_answers_the_reference_over_https() {
+    use cloister::auth::Scope;
+    use serde_json::{json, Value};
+
+    let Some(k) = kernels() else { return };
+    drop(k);
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.config_path).expect("config");
+    let path = f.dir.path().join("gpu.toml");
+    std::fs::write(
+        &path,
+        text.replacen("[model]", "[model]\ndevice = \"cuda\"", 1),
+    )
+    .expect("write config");
+    let mut server = common::ServeProcess::start_with(&path, "info");
+    let log = server.drain_log().join("\n");
+    assert!(log.contains("GPU 0"), "not on the GPU:\n{log}");
+    let client = common::https_client(&[&common::dev_ca()]);
+    let token = f.token("demo", &[Scope::Inference]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refs = common::reference("greedy.json");
+    for case in refs["greedy"].as_array().expect("cases") {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let body = json!({"model": common::MODEL_ID, "prompt": prompt, "max_tokens": 32,
+                          "temperature": 0});
+        let (status, reply) = rt.block_on(async {
+            let resp = client
+                .post(format!("{}/v1/completions", server.url()))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            (resp.status().as_u16(), resp.text().await.expect("body"))
+        });
+        assert_eq!(status, 200, "{reply}");
+        let v: Value = serde_json::from_str(&reply).expect("json");
+        assert_eq!(
+            v["choices"][0]["text"].as_str(),
+            case["output_text"].as_str(),
+            "prompt {prompt:?}"
+        );
+    }
+    server.signal("TERM");
+    let code = server.wait(std::time::Duration::from_secs(20));
+    assert!(code.success(), "exit status {code}");
+    println!("gpu serve: started on the GPU, greedy completions over HTTPS = reference text");
+    figure("gpu.serve_matches_reference", "yes");
+}

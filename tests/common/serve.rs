@@ -26,7 +26,11 @@ impl ServeProcess {
         customize: impl FnOnce(&mut std::process::Command),
     ) -> ServeProcess {
         use std::io::{BufRead, BufReader};
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"));
+        // `CLOISTER_BIN`: the binary when the tests run on another machine than the one that
+        // built them (benches/gpu-check.sh copies both to the GPU machine).
+        let bin = std::env::var_os("CLOISTER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_cloister").into());
+        let mut cmd = std::process::Command::new(bin);
         cmd.env("CLOISTER_LOG", log_filter)
             .args(["serve", "--config"])
             .arg(config)

@@ -131,8 +131,8 @@ struct PoolState {
 }
 
 impl DeviceKvPool {
-    /// Allocates `budget_bytes` (rounded down to whole blocks, at least one) of device memory for
-    /// one tenant.
+    /// Allocates `budget_bytes` (rounded down to whole blocks, as the CPU pool counts them: a
+    /// budget under one block holds none) of device memory for one tenant.
     pub fn new(
         dev: &mut impl DeviceOps,
         budget_bytes: u64,
@@ -141,7 +141,7 @@ impl DeviceKvPool {
         let block_bytes = shape.block_bytes();
         let capacity = usize::try_from(budget_bytes / block_bytes.max(1) as u64)
             .unwrap_or(usize::MAX)
-            .clamp(1, u32::MAX as usize);
+            .min(u32::MAX as usize);
         let bytes = capacity
             .checked_mul(block_bytes)
             .ok_or_else(|| GpuModelError::Device("KV pool size overflows".into()))?;
@@ -155,11 +155,6 @@ impl DeviceKvPool {
                 dirty: Vec::new(),
             }),
         }))
-    }
-
-    /// Blocks in the pool.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Blocks held by sequences right now.
@@ -182,7 +177,10 @@ impl DeviceKvPool {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if s.free.is_empty() {
             while let Some(b) = s.dirty.pop() {
-                dev.zero(self.block_addr(b), self.block_bytes)?;
+                if let Err(e) = dev.zero(self.block_addr(b), self.block_bytes) {
+                    s.dirty.push(b);
+                    return Err(e);
+                }
                 s.free.push(b);
             }
         }

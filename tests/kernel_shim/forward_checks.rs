@@ -133,4 +133,12 @@ pub fn tenants_apart_and_zeroed<D: DeviceOps>(gpu: &mut GpuLlama<D>) {
             assert!(bytes.iter().all(|&x| x == 0), "block {i} reused unzeroed");
         }
     }
+
+    // A budget under one block holds no block (as on the CPU): the tenant is refused at once.
+    let tiny = gpu.new_pool(block_bytes - 1).expect("tiny pool");
+    let mut refused = DeviceSeq::new(tiny);
+    match gpu.forward_batch(&mut [(&[1], &mut refused)]) {
+        Err(GpuModelError::KvExhausted { capacity }) => assert_eq!(capacity, 0),
+        other => panic!("expected KvExhausted, got {:?}", other.map(|v| v.len())),
+    }
 }

@@ -5,6 +5,8 @@
 //! on GPU machines without libnvrtc.
 #![cfg(feature = "cuda")]
 
+#[path = "common/gpu_kernels.rs"]
+mod gpu_kernels;
 #[path = "common/memscan.rs"]
 mod memscan;
 
@@ -15,39 +17,15 @@ use std::time::{Duration, Instant};
 
 use aes::cipher::{KeyIvInit, StreamCipher};
 use cloister::gpu::aes_key_schedule::Aes256RoundKeys;
-use cloister::gpu::device::{GpuError, GpuKernels, KernelPtx};
+use cloister::gpu::device::GpuKernels;
 use cloister::gpu::sealed_load::{upload_plain, upload_sealed_segment, DeviceLoadError};
 use cloister::keys::{Keyring, PublisherKey, TrustedPublishers};
 use cloister::seal::{seal, PayloadKind, SealError, SealParams, SealedFile, Segment};
+use gpu_kernels::kernels;
 use memscan::{MaskedCanary, CANARY_LEN};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use zeroize::Zeroize;
-
-fn kernels() -> Option<GpuKernels> {
-    let loaded = match std::env::var_os("CLOISTER_KERNEL_PTX_DIR") {
-        Some(dir) => {
-            let dir = std::path::PathBuf::from(dir);
-            let read = |f: &str| {
-                std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))
-            };
-            let ptx = KernelPtx {
-                aes_ctr: read("aes_ctr.ptx"),
-                zero: read("zero.ptx"),
-            };
-            GpuKernels::load_ptx(0, &ptx)
-        }
-        None => GpuKernels::load(0),
-    };
-    match loaded {
-        Ok(k) => Some(k),
-        Err(e @ (GpuError::NoDriver | GpuError::NoNvrtc)) => {
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn reference(key: &[u8; 32], block: &[u8; 16], data: &[u8]) -> Vec<u8> {
     let mut out = data.to_vec();

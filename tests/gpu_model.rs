@@ -11,36 +11,22 @@ mod common;
 mod engine_jobs;
 #[path = "kernel_shim/forward_checks.rs"]
 mod forward_checks;
+#[path = "common/gpu_kernels.rs"]
+mod gpu_kernels;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use cloister::engine::SeqCache;
-use cloister::gpu::device::{GpuError, GpuKernels, KernelPtx};
+use cloister::gpu::device::GpuKernels;
 use cloister::gpu::forward::{DeviceOps, DeviceSeq, GpuLlama};
 use cloister::gpu::model_load::{open_sealed_on_gpu, GpuLoadedModel};
 use cloister::securemem::LockPolicy;
 use common::figure;
 use common::fixture;
 
-fn ptx(file: &str) -> Option<String> {
-    let dir = std::path::PathBuf::from(std::env::var_os("CLOISTER_KERNEL_PTX_DIR")?);
-    Some(std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")))
-}
-
 fn kernels() -> Option<Arc<GpuKernels>> {
-    let loaded = match (ptx("aes_ctr.ptx"), ptx("zero.ptx")) {
-        (Some(aes_ctr), Some(zero)) => GpuKernels::load_ptx(0, &KernelPtx { aes_ctr, zero }),
-        _ => GpuKernels::load(0),
-    };
-    match loaded {
-        Ok(k) => Some(Arc::new(k)),
-        Err(e @ (GpuError::NoDriver | GpuError::NoNvrtc)) => {
-            println!("skipped: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
+    gpu_kernels::kernels().map(Arc::new)
 }
 
 fn load_on_gpu(kernels: Arc<GpuKernels>) -> GpuLoadedModel {
@@ -51,7 +37,7 @@ fn load_on_gpu(kernels: Arc<GpuKernels>) -> GpuLoadedModel {
         &f.keyring(),
         &trusted,
         kernels,
-        ptx("llama.ptx"),
+        gpu_kernels::ptx("llama.ptx"),
     )
     .expect("load sealed model on the GPU")
 }

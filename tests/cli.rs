@@ -212,13 +212,7 @@ fn watermark_detect_cli_does_not_flag_human_text() {
 #[test]
 fn serve_on_cuda_without_a_gpu_is_a_clear_refusal() {
     let f = fixture();
-    let text = std::fs::read_to_string(&f.config_path).expect("config");
-    let path = f.dir.path().join("cuda.toml");
-    std::fs::write(
-        &path,
-        text.replacen("[model]", "[model]\ndevice = \"cuda\"", 1),
-    )
-    .expect("write config");
+    let path = f.config_with_model_lines("cuda.toml", "device = \"cuda\"");
     let gpu_present = cfg!(feature = "cuda") && std::path::Path::new("/dev/nvidiactl").exists();
     if gpu_present {
         eprintln!("a GPU is present: the refusal is not exercised here");
@@ -242,16 +236,10 @@ fn serve_on_cuda_without_a_gpu_is_a_clear_refusal() {
 
     // A CUDA build allowed to fall back serves on the CPU and says so.
     if cfg!(feature = "cuda") {
-        let fallback = f.dir.path().join("cuda-fallback.toml");
-        std::fs::write(
-            &fallback,
-            text.replacen(
-                "[model]",
-                "[model]\ndevice = \"cuda\"\ncpu_fallback = true",
-                1,
-            ),
-        )
-        .expect("write config");
+        let fallback = f.config_with_model_lines(
+            "cuda-fallback.toml",
+            "device = \"cuda\"\ncpu_fallback = true",
+        );
         let mut server = common::ServeProcess::start_with(&fallback, "info");
         let log = server.drain_log().join("\n");
         assert!(log.contains("serving on the CPU"), "{log}");

@@ -194,13 +194,7 @@ fn gpu_serve_answers_the_reference_over_https() {
     let Some(k) = kernels() else { return };
     drop(k);
     let f = fixture();
-    let text = std::fs::read_to_string(&f.config_path).expect("config");
-    let path = f.dir.path().join("gpu.toml");
-    std::fs::write(
-        &path,
-        text.replacen("[model]", "[model]\ndevice = \"cuda\"", 1),
-    )
-    .expect("write config");
+    let path = f.config_with_model_lines("gpu.toml", "device = \"cuda\"");
     let mut server = common::ServeProcess::start_with(&path, "info");
     let log = server.drain_log().join("\n");
     assert!(log.contains("GPU 0"), "not on the GPU:\n{log}");

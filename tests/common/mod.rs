@@ -378,6 +378,22 @@ pub fn reference(name: &str) -> serde_json::Value {
 impl Fixture {
     /// Writes a copy of the fixture's config that serves `sealed` instead of the demo model
     /// (same keys, tenants, ledger and audit log) and returns its path.
+    /// Writes the fixture config with `lines` added under `[model]` as `name`; returns its path.
+    pub fn config_with_model_lines(&self, name: &str, lines: &str) -> PathBuf {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        assert!(
+            text.contains("[model]"),
+            "fixture config has a [model] table"
+        );
+        let path = self.dir.path().join(name);
+        std::fs::write(
+            &path,
+            text.replacen("[model]", &format!("[model]\n{lines}"), 1),
+        )
+        .expect("write config");
+        path
+    }
+
     pub fn config_serving(&self, sealed: &std::path::Path, name: &str) -> PathBuf {
         let text = std::fs::read_to_string(&self.config_path).expect("config");
         let old = format!("sealed = \"{}\"", self.cfg.sealed_model.display());

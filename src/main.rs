@@ -465,12 +465,11 @@ fn seal_with_progress(
     )?;
     bar.finish_and_clear();
     eprintln!(
-        "sealed {} -> {} ({} chunks, KEK {}@{}, publisher {})",
+        "sealed {} -> {} ({} chunks, KEK {}, publisher {})",
         input.display(),
         output.display(),
         summary.layout.meta.chunk_count + summary.layout.tensors.chunk_count,
-        summary.envelope.kek().id,
-        summary.envelope.kek().version,
+        summary.envelope.kek(),
         summary.header.publisher_key_id()
     );
     Ok(())
@@ -586,12 +585,10 @@ fn model_rewrap(config: &Path, sealed: Option<PathBuf>) -> Result<()> {
     let started = std::time::Instant::now();
     let r = model::rewrap_sealed_file(&path, keys.as_ref(), &trusted)?;
     println!(
-        "{}: KEK {}@{} -> {}@{} ({}, {:.1} ms)",
+        "{}: KEK {} -> {} ({}, {:.1} ms)",
         path.display(),
-        r.from.id,
-        r.from.version,
-        r.to.id,
-        r.to.version,
+        r.from,
+        r.to,
         if r.in_place {
             "header rewritten in place"
         } else {

@@ -162,7 +162,7 @@ pub async fn start(
     }
     tracing::info!(
         model = %cfg.model_id,
-        kek = %format!("{}@{}", started.kek_ref.id, started.kek_ref.version),
+        kek = %started.kek_ref,
         publisher = %started.publisher,
         weights = started.placement,
         "sealed model loaded"
@@ -368,10 +368,7 @@ fn watch_keys(cfg: &Config, loaded: KekRef, trigger: Arc<Notify>, audit: Arc<Aud
             }
         }
         *last = (active.clone(), file.clone());
-        Ok(format!(
-            "active KEK {}@{}, model wrapped under {}@{}",
-            active.id, active.version, file.id, file.version
-        ))
+        Ok(format!("active KEK {active}, model wrapped under {file}"))
     });
 }
 

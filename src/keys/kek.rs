@@ -55,6 +55,13 @@ pub struct KekRef {
     pub version: u32,
 }
 
+/// `id@version`, as logs and the CLI print a KEK.
+impl fmt::Display for KekRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
+}
+
 /// One version of a key-encryption key held in memory (local keyring only; an HSM-backed
 /// provider never materialises this type).
 pub struct Kek {

@@ -49,8 +49,6 @@ pub struct LoadedModel {
     pub model: Arc<LlamaModel>,
     pub tokenizer: Arc<ModelTokenizer>,
     pub chat: ChatTemplate,
-    /// `id@version` of the KEK that unwrapped the DEK (for logs).
-    pub kek: String,
     /// The KEK that unwrapped the DEK (for the audit trail and rewrap status).
     pub kek_ref: crate::keys::KekRef,
     pub publisher: String,
@@ -62,7 +60,7 @@ pub struct LoadedModel {
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")
-            .field("kek", &self.kek)
+            .field("kek", &self.kek_ref)
             .field("publisher", &self.publisher)
             .finish_non_exhaustive()
     }
@@ -210,7 +208,6 @@ pub fn open_sealed(
         .map_err(rejected)?;
     let weights = Arc::new(region);
     let kek_ref = sealed.envelope().kek().clone();
-    let kek = format!("{}@{}", kek_ref.id, kek_ref.version);
     let publisher = header.publisher_key_id().to_string();
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -223,7 +220,6 @@ pub fn open_sealed(
         model: Arc::new(built.model),
         tokenizer: Arc::new(built.tokenizer),
         chat: built.chat,
-        kek,
         kek_ref,
         publisher,
         weights_locked: weights.is_locked(),
@@ -287,12 +283,11 @@ pub fn verify_sealed_file(
     sealed.verify_all_tags().map_err(rejected)?;
     let h = sealed.header();
     Ok(format!(
-        "model {:?}, meta {} B, tensors {} B, KEK {}@{}, publisher {}",
+        "model {:?}, meta {} B, tensors {} B, KEK {}, publisher {}",
         h.model_id(),
         h.meta_len(),
         h.tensors_len(),
-        sealed.envelope().kek().id,
-        sealed.envelope().kek().version,
+        sealed.envelope().kek(),
         h.publisher_key_id()
     ))
 }

@@ -310,9 +310,11 @@ impl<C: KvCache> Seq<C> {
         self.gone || (self.done && self.pending.is_empty())
     }
 
-    /// Whether this sequence takes part in the next step.
+    /// Whether this sequence takes part in the next step. One without a cache (its tenant got
+    /// no pool) never does, so every sequence in a batch has one.
     fn ready(&self) -> bool {
-        !self.done
+        self.cache.is_some()
+            && !self.done
             && !self.gone
             && !self.input.is_empty()
             && self.pending.len() < MAX_PENDING_EVENTS
@@ -457,7 +459,6 @@ impl<B: Backend> Engine<B> {
 
         for s in self.running.iter_mut().filter(|s| s.ready()) {
             let need = s.cache_len() + s.input.len().min(PREFILL_CHUNK);
-            // A sequence without a cache failed at admission and is never ready.
             let Some(cache) = s.cache.as_mut() else {
                 continue;
             };

@@ -12,23 +12,10 @@ use std::time::{Duration, Instant};
 
 use cloister::engine::{EngineConfig, EngineError, EngineHandle, GenEvent, LlamaModel, SeqCache};
 use cloister::metrics::Metrics;
-use cloister::model::{open_sealed, LoadedModel};
+use cloister::model::LoadedModel;
 use cloister::sampling::argmax;
-use cloister::securemem::LockPolicy;
 use common::fixture;
 use engine_jobs::{collect, submit, Job};
-
-fn load() -> LoadedModel {
-    let f = fixture();
-    let (_, trusted) = cloister::model::load_key_material(&f.cfg).unwrap();
-    open_sealed(
-        &f.cfg.sealed_model,
-        &f.keyring(),
-        &trusted,
-        LockPolicy::BestEffort,
-    )
-    .unwrap()
-}
 
 const PROMPTS: [&str; 4] = [
     "The capital of France is",
@@ -53,7 +40,7 @@ fn greedy_alone(model: &LlamaModel, prompt: &[u32], n: usize) -> Vec<u32> {
 /// still produce exactly the tokens — and the logits, bit for bit — they produce alone.
 #[test]
 fn batched_forward_is_batch_invariant() {
-    let loaded = load();
+    let loaded = fixture().open_demo_model();
     let model = &loaded.model;
     let n = 12;
     let prompts: Vec<Vec<u32>> = PROMPTS
@@ -114,7 +101,7 @@ fn batched_forward_is_batch_invariant() {
 /// Prefilling a long prompt in chunks (as the engine does) gives the logits of one-shot prefill.
 #[test]
 fn chunked_prefill_equals_one_shot() {
-    let loaded = load();
+    let loaded = fixture().open_demo_model();
     let model = &loaded.model;
     let prompt = loaded
         .tokenizer
@@ -145,7 +132,7 @@ fn start(loaded: &LoadedModel, metrics: Arc<Metrics>) -> EngineHandle {
 
 #[test]
 fn engine_outputs_do_not_depend_on_other_tenants() {
-    let loaded = load();
+    let loaded = fixture().open_demo_model();
     let metrics = Arc::new(Metrics::new());
     let engine = start(&loaded, metrics.clone());
     let prompts: Vec<Vec<u32>> = PROMPTS
@@ -168,7 +155,7 @@ fn engine_outputs_do_not_depend_on_other_tenants() {
 
 #[test]
 fn exhausted_pool_refuses_only_its_tenant_and_cancel_frees_blocks() {
-    let loaded = load();
+    let loaded = fixture().open_demo_model();
     let metrics = Arc::new(Metrics::new());
     let engine = start(&loaded, metrics.clone());
     let block = loaded.model.kv_shape().block_bytes() as u64;

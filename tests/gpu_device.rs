@@ -236,13 +236,7 @@ fn gpu_sealed_load_decrypts_on_device() {
 /// the GGUF's tensor data read from the file and uploaded (read + upload + sync).
 fn time_sealed_vs_plaintext_load(k: &GpuKernels, gguf: &Path) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut rng = rand::rngs::OsRng;
-    let ring = Keyring::generate("gpu-timing", &mut rng).expect("keyring");
-    let publisher = PublisherKey::generate("gpu-timing-publisher", &mut rng).expect("publisher");
-    let mut trusted = TrustedPublishers::new();
-    trusted
-        .insert("gpu-timing-publisher", publisher.verifying_key())
-        .expect("trusted publisher");
+    let (ring, publisher, trusted) = sealing_keys(rand::random());
     let sealed_path = dir.path().join("model.sealed");
     cloister::model::seal_gguf_file(
         gguf,

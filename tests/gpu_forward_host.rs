@@ -69,39 +69,16 @@ fn gpu_batch_keeps_tenants_apart_and_zeroes_released_blocks() {
 /// CPU, so the same requests produce the same text, from any mix of tenants.
 #[test]
 fn engine_on_the_gpu_backend_serves_what_the_cpu_engine_serves() {
-    use cloister::engine::{EngineConfig, EngineHandle};
+    use cloister::engine::{CpuBackend, EngineHandle};
     use cloister::gpu::backend::GpuBackend;
-    use cloister::metrics::Metrics;
-    use std::sync::Arc;
 
-    let f = fixture();
-    let (_, trusted) = cloister::model::load_key_material(&f.cfg).expect("keys");
-    let loaded = cloister::model::open_sealed(
-        &f.cfg.sealed_model,
-        &f.keyring(),
-        &trusted,
-        cloister::securemem::LockPolicy::BestEffort,
-    )
-    .expect("load");
+    let loaded = fixture().open_demo_model();
     let prompts = ["The capital of France is", "def fibonacci(n):"];
     let run = |engine: &EngineHandle| {
         engine_jobs::run_concurrently(engine, &loaded.tokenizer, &prompts, prompts.len(), 8)
     };
-    let cpu = EngineHandle::start_with(
-        loaded.model.clone(),
-        loaded.tokenizer.clone(),
-        Arc::new(Metrics::new()),
-        EngineConfig::new(8),
-    )
-    .expect("cpu engine");
-    let metrics = Arc::new(Metrics::new());
-    let gpu = EngineHandle::start_backend(
-        GpuBackend::new(gpu_model()),
-        loaded.tokenizer.clone(),
-        metrics.clone(),
-        EngineConfig::new(8),
-    )
-    .expect("gpu engine");
+    let cpu = engine_jobs::start_engine(CpuBackend::new(loaded.model.clone()), &loaded.tokenizer);
+    let gpu = engine_jobs::start_engine(GpuBackend::new(gpu_model()), &loaded.tokenizer);
     let want = run(&cpu);
     assert_eq!(want.iter().map(|w| w.1).collect::<Vec<_>>(), [8, 8]);
     assert_eq!(run(&gpu), want);

@@ -21,7 +21,6 @@ use cloister::engine::SeqCache;
 use cloister::gpu::device::GpuKernels;
 use cloister::gpu::forward::{DeviceOps, DeviceSeq, GpuLlama};
 use cloister::gpu::model_load::{open_sealed_on_gpu, GpuLoadedModel};
-use cloister::securemem::LockPolicy;
 use common::figure;
 use common::fixture;
 
@@ -42,25 +41,13 @@ fn load_on_gpu(kernels: Arc<GpuKernels>) -> GpuLoadedModel {
     .expect("load sealed model on the GPU")
 }
 
-fn cpu_model() -> cloister::model::LoadedModel {
-    let f = fixture();
-    let (_, trusted) = cloister::model::load_key_material(&f.cfg).expect("key material");
-    cloister::model::open_sealed(
-        &f.cfg.sealed_model,
-        &f.keyring(),
-        &trusted,
-        LockPolicy::BestEffort,
-    )
-    .expect("load on the CPU")
-}
-
 #[test]
 fn gpu_sealed_model_greedy_matches_reference() {
     let Some(k) = kernels() else { return };
     let t = Instant::now();
     let mut loaded = load_on_gpu(k);
     let load_s = t.elapsed().as_secs_f64();
-    let cpu = cpu_model();
+    let cpu = fixture().open_demo_model();
     let worst = forward_checks::greedy_matches_reference(&mut loaded.model, &cpu.model);
     println!(
         "gpu model: sealed load {load_s:.2} s, {} MiB on the device; greedy = reference for every \
@@ -117,7 +104,7 @@ fn gpu_decode_speed_next_to_cpu_engine() {
     let mut loaded = load_on_gpu(k);
     let gpu_1 = gpu_decode_rate(&mut loaded.model, 1, 64);
     let gpu_8 = gpu_decode_rate(&mut loaded.model, 8, 32);
-    let cpu = cpu_model();
+    let cpu = fixture().open_demo_model();
     let mut cache = SeqCache::default();
     let prompt: Vec<u32> = (1..17).collect();
     cpu.model.forward(&prompt, &mut cache).expect("cpu prefill");
@@ -142,13 +129,12 @@ fn gpu_decode_speed_next_to_cpu_engine() {
 /// once, and reports the tenants' device blocks back to zero when they are done.
 #[test]
 fn gpu_engine_serves_what_the_cpu_engine_serves() {
-    use cloister::engine::{EngineConfig, EngineHandle};
+    use cloister::engine::{CpuBackend, EngineHandle};
     use cloister::gpu::backend::GpuBackend;
-    use cloister::metrics::Metrics;
 
     let Some(k) = kernels() else { return };
     let loaded = load_on_gpu(k);
-    let cpu = cpu_model();
+    let cpu = fixture().open_demo_model();
     let prompts = [
         "The capital of France is",
         "def fibonacci(n):",
@@ -157,20 +143,8 @@ fn gpu_engine_serves_what_the_cpu_engine_serves() {
     let run = |engine: &EngineHandle| {
         engine_jobs::run_concurrently(engine, &cpu.tokenizer, &prompts, 2, 24)
     };
-    let cpu_engine = EngineHandle::start_with(
-        cpu.model.clone(),
-        cpu.tokenizer.clone(),
-        Arc::new(Metrics::new()),
-        EngineConfig::new(8),
-    )
-    .expect("cpu engine");
-    let gpu_engine = EngineHandle::start_backend(
-        GpuBackend::new(loaded.model),
-        cpu.tokenizer.clone(),
-        Arc::new(Metrics::new()),
-        EngineConfig::new(8),
-    )
-    .expect("gpu engine");
+    let cpu_engine = engine_jobs::start_engine(CpuBackend::new(cpu.model.clone()), &cpu.tokenizer);
+    let gpu_engine = engine_jobs::start_engine(GpuBackend::new(loaded.model), &cpu.tokenizer);
     let want = run(&cpu_engine);
     let t = Instant::now();
     let got = run(&gpu_engine);

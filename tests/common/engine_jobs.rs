@@ -5,8 +5,12 @@
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
-use cloister::engine::{EngineError, EngineHandle, FinishHook, GenEvent, GenRequest, TokenUsage};
+use cloister::engine::{
+    Backend, EngineConfig, EngineError, EngineHandle, FinishHook, GenEvent, GenRequest, TokenUsage,
+};
+use cloister::metrics::Metrics;
 use cloister::sampling::SamplingParams;
+use cloister::tokenizer::ModelTokenizer;
 use tokio::sync::mpsc;
 
 struct Usage(std_mpsc::Sender<TokenUsage>);
@@ -15,6 +19,18 @@ impl FinishHook for Usage {
     fn finish(self: Box<Self>, usage: TokenUsage) {
         let _ = self.0.send(usage);
     }
+}
+
+/// Starts an engine thread on `backend` with fresh metrics. Tests that compare the CPU and GPU
+/// engines start both here, so only the backend differs between them.
+pub fn start_engine<B: Backend>(backend: B, tokenizer: &Arc<ModelTokenizer>) -> EngineHandle {
+    EngineHandle::start_backend(
+        backend,
+        tokenizer.clone(),
+        Arc::new(Metrics::new()),
+        EngineConfig::new(8),
+    )
+    .expect("start the engine thread")
 }
 
 pub struct Job {

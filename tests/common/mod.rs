@@ -376,8 +376,19 @@ pub fn reference(name: &str) -> serde_json::Value {
 }
 
 impl Fixture {
-    /// Writes a copy of the fixture's config that serves `sealed` instead of the demo model
-    /// (same keys, tenants, ledger and audit log) and returns its path.
+    /// The sealed demo model opened on the CPU with the fixture's keys; its weights are locked
+    /// where the memlock limit allows (tests that require locking open it themselves).
+    pub fn open_demo_model(&self) -> model::LoadedModel {
+        let (_, trusted) = model::load_key_material(&self.cfg).expect("key material");
+        model::open_sealed(
+            &self.cfg.sealed_model,
+            &self.keyring(),
+            &trusted,
+            cloister::securemem::LockPolicy::BestEffort,
+        )
+        .expect("open the sealed demo model")
+    }
+
     /// Writes the fixture config with `lines` added under `[model]` as `name`; returns its path.
     pub fn config_with_model_lines(&self, name: &str, lines: &str) -> PathBuf {
         let text = std::fs::read_to_string(&self.config_path).expect("config");
@@ -394,6 +405,8 @@ impl Fixture {
         path
     }
 
+    /// Writes a copy of the fixture's config that serves `sealed` instead of the demo model
+    /// (same keys, tenants, ledger and audit log) and returns its path.
     pub fn config_serving(&self, sealed: &std::path::Path, name: &str) -> PathBuf {
         let text = std::fs::read_to_string(&self.config_path).expect("config");
         let old = format!("sealed = \"{}\"", self.cfg.sealed_model.display());

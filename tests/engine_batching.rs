@@ -10,12 +10,15 @@ mod engine_jobs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloister::engine::{EngineConfig, EngineError, EngineHandle, GenEvent, LlamaModel, SeqCache};
+use cloister::engine::{
+    Backend, CpuBackend, EngineConfig, EngineError, EngineHandle, GenEvent, KvError, LlamaConfig,
+    LlamaModel, SeqCache,
+};
 use cloister::metrics::Metrics;
 use cloister::model::LoadedModel;
 use cloister::sampling::argmax;
 use common::fixture;
-use engine_jobs::{collect, submit, Job};
+use engine_jobs::{collect, submit, try_submit, Job};
 
 const PROMPTS: [&str; 4] = [
     "The capital of France is",
@@ -205,4 +208,93 @@ fn exhausted_pool_refuses_only_its_tenant_and_cancel_frees_blocks() {
         assert!(Instant::now() < deadline, "blocks not freed after cancel");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The CPU backend, except that its first forward pass waits for the test's word: while it
+/// waits the engine thread takes nothing from its queue, so the test knows exactly what is
+/// queued.
+struct HeldFirstStep {
+    inner: CpuBackend,
+    entered: std::sync::mpsc::Sender<()>,
+    go: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Backend for HeldFirstStep {
+    type Cache = SeqCache;
+    fn config(&self) -> &LlamaConfig {
+        self.inner.config()
+    }
+    fn new_cache(&mut self, tenant: &Arc<str>, budget: u64) -> Result<SeqCache, String> {
+        self.inner.new_cache(tenant, budget)
+    }
+    fn reserve(&mut self, cache: &mut SeqCache, positions: usize) -> Result<(), KvError> {
+        self.inner.reserve(cache, positions)
+    }
+    fn forward_batch(
+        &mut self,
+        items: &mut [(&[u32], &mut SeqCache)],
+    ) -> Result<Vec<Vec<f32>>, String> {
+        if let Some(go) = self.go.take() {
+            self.entered.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        self.inner.forward_batch(items)
+    }
+    fn release(&mut self, cache: SeqCache) {
+        self.inner.release(cache)
+    }
+    fn blocks_in_use(&self) -> Vec<(Arc<str>, usize)> {
+        self.inner.blocks_in_use()
+    }
+}
+
+/// The engine's queue is bounded: past `queue_capacity` waiting requests a submission is
+/// refused at once with `QueueFull` (the API's 429 `server_busy`), charged nothing, and the
+/// requests already queued are still served.
+#[test]
+fn a_full_engine_queue_refuses_at_once_and_charges_nothing() {
+    let loaded = fixture().open_demo_model();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let backend = HeldFirstStep {
+        inner: CpuBackend::new(loaded.model.clone()),
+        entered: entered_tx,
+        go: Some(go_rx),
+    };
+    let engine = EngineHandle::start_backend(
+        backend,
+        loaded.tokenizer.clone(),
+        Arc::new(Metrics::new()),
+        EngineConfig::new(2),
+    )
+    .unwrap();
+    let prompt = loaded.tokenizer.encode_text("Water boils at").unwrap();
+    let running = submit(&engine, "a", prompt.clone(), 4, None);
+    entered.recv_timeout(Duration::from_secs(60)).unwrap();
+    // The engine is inside its first step: two requests fill the queue, the third is refused.
+    let queued: Vec<Job> = ["b", "c"]
+        .iter()
+        .map(|t| submit(&engine, t, prompt.clone(), 4, None))
+        .collect();
+    let Err((err, usage)) = try_submit(&engine, "d", prompt.clone(), 4, None) else {
+        panic!("a third waiting request must be refused");
+    };
+    assert_eq!(err, EngineError::QueueFull);
+    assert_eq!(usage.prompt_tokens + usage.completion_tokens, 0);
+
+    go.send(()).unwrap();
+    let first = collect(running).unwrap();
+    assert_eq!(first.1, 4);
+    for job in queued {
+        assert_eq!(
+            collect(job).unwrap(),
+            first,
+            "queued requests are served alike"
+        );
+    }
+    // With the queue drained, the engine accepts work again.
+    assert_eq!(
+        collect(submit(&engine, "d", prompt, 4, None)).unwrap(),
+        first
+    );
 }

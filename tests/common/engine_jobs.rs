@@ -45,6 +45,17 @@ pub fn submit(
     max_tokens: usize,
     kv_pool_bytes: Option<u64>,
 ) -> Job {
+    try_submit(engine, tenant, prompt, max_tokens, kv_pool_bytes).expect("engine accepts the job")
+}
+
+/// Submits a greedy job, or returns the engine's refusal with the usage it reported for it.
+pub fn try_submit(
+    engine: &EngineHandle,
+    tenant: &str,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    kv_pool_bytes: Option<u64>,
+) -> Result<Job, (EngineError, TokenUsage)> {
     let (tx, rx) = mpsc::channel(64);
     let (utx, urx) = std_mpsc::channel();
     engine
@@ -63,8 +74,13 @@ pub fn submit(
             events: tx,
             on_finish: Box::new(Usage(utx)),
         })
-        .expect("engine accepts the job");
-    Job { rx, usage: urx }
+        .map_err(|e| {
+            let usage = urx
+                .try_recv()
+                .expect("a refused job's usage is reported at once");
+            (e, usage)
+        })?;
+    Ok(Job { rx, usage: urx })
 }
 
 /// Collects a job's text, or the error it failed with.

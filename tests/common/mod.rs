@@ -87,7 +87,8 @@ pub fn fixture() -> &'static Fixture {
             r#"
 [server]
 listen = "127.0.0.1:0"
-queue_capacity = 8
+# All tests of a binary share this server at once; the full engine queue is tested on its own.
+queue_capacity = 64
 [tls]
 cert = "{cert}"
 key = "{key}"
@@ -270,6 +271,13 @@ plan = "quota"
 [[tenants]]
 id = "elsewhere"
 plan = "other-model"
+# Used only by tenancy.rs's ledger test, which compares their usage before and after.
+[[tenants]]
+id = "ledger-a"
+plan = "roomy"
+[[tenants]]
+id = "ledger-b"
+plan = "roomy"
 # Cross-tenant tests (tests/isolation.rs): ids that occur nowhere else, so any appearance in
 # another tenant's response is a leak.
 [[tenants]]

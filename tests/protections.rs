@@ -295,17 +295,30 @@ async fn complete(tenant: &str, temperature: f32, seed: i64) -> (Option<String>,
 
 #[tokio::test]
 async fn sampled_completion_is_watermarked_and_detected() {
-    let (header, text) = complete("demo", 1.0, 7).await;
-    assert_eq!(
-        header.as_deref(),
-        Some(cloister::devstate::DEV_WATERMARK_ID)
-    );
-    let (status, d) = detect("demo", &text).await;
-    assert_eq!(status, 200, "{d}");
-    println!("detection of a 200-token sample: {d}");
-    assert_eq!(d["detected"], true, "{d}");
-    assert!(d["p_value"].as_f64().expect("p") <= 1e-5, "{d}");
-    assert_eq!(d["key_id"], cloister::devstate::DEV_WATERMARK_ID);
+    // The goal (DESIGN P7) is detection at p <= 1e-5 in >= 95 % of 200-token samples, measured
+    // by `cargo bench --bench watermark_power`; one sample under a key drawn at random per run
+    // misses it now and then (z 4.07 was seen). So every sample must show a clear excess of
+    // green tokens (z > 2, which unmarked text shows 2 % of the time) and one of at most three
+    // must be detected: a run fails by chance about once in 10^4, and always without the mark.
+    let mut detected = None;
+    for seed in 7..10 {
+        let (header, text) = complete("demo", 1.0, seed).await;
+        assert_eq!(
+            header.as_deref(),
+            Some(cloister::devstate::DEV_WATERMARK_ID)
+        );
+        let (status, d) = detect("demo", &text).await;
+        assert_eq!(status, 200, "{d}");
+        println!("detection of a 200-token sample (seed {seed}): {d}");
+        assert_eq!(d["key_id"], cloister::devstate::DEV_WATERMARK_ID);
+        assert!(d["z"].as_f64().expect("z") > 2.0, "{d}");
+        if d["detected"] == true {
+            assert!(d["p_value"].as_f64().expect("p") <= 1e-5, "{d}");
+            detected = Some((text, d));
+            break;
+        }
+    }
+    let (text, d) = detected.expect("none of three 200-token samples was detected");
     assert!(d.get("secret").is_none());
     // The detection call and the key id the completion carried are audited, the text is not.
     let audit = audit_log_with("WatermarkDetect").await;

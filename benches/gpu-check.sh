@@ -33,7 +33,7 @@ for line in sys.stdin:
     if m.get("executable") and name in ("gpu_device", "gpu_model", "cloister"):
         print(name, m["executable"])' \
     | while read -r name exe; do objcopy --strip-debug "$exe" "$dir/bin/$name"; done
-  ref=${CLOISTER_REFERENCE_DIR:-../shared/reference}
+  ref=${CLOISTER_REFERENCE_DIR:-tests/data/reference}
   cp "$ref/greedy.json" "$dir/reference/"
   ls -la "$dir/bin" "$dir/ptx" ;;
 run)

@@ -1,5 +1,5 @@
 //! Tests against the real SmolLM2 metadata (read from the demo GGUF) and the llama.cpp
-//! reference ids in ../shared/reference.
+//! reference ids in tests/data/reference.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -14,7 +14,7 @@ fn reference_dir() -> PathBuf {
     std::env::var_os("CLOISTER_REFERENCE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference"))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference"))
         })
 }
 

@@ -373,11 +373,12 @@ pub fn dev_ca() -> Vec<u8> {
     std::fs::read(fixture().state.tls_cert()).expect("ca")
 }
 
-/// Reference data from ../shared/reference.
+/// Reference data from tests/data/reference (a copy of the ground truth, kept in the repository
+/// so a fresh clone needs nothing beside it).
 pub fn reference(name: &str) -> serde_json::Value {
     let dir = std::env::var_os("CLOISTER_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference"));
     let text = std::fs::read_to_string(dir.join(name))
         .unwrap_or_else(|e| panic!("reference {name} in {}: {e}", dir.display()));
     serde_json::from_str(&text).expect("reference json")

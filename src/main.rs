@@ -409,9 +409,10 @@ curl --cacert {ca} {url}/v1/chat/completions \
   -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}], "max_tokens": 64}}'
 
 python3 - <<'EOF'
-import os, httpx, openai
+import os, ssl, openai
+tls = ssl.create_default_context(cafile="{ca}")
 client = openai.OpenAI(base_url="{url}/v1", api_key=os.environ["CLOISTER_TOKEN"],
-                       http_client=httpx.Client(verify="{ca}"))
+                       http_client=openai.DefaultHttpxClient(verify=tls))
 r = client.chat.completions.create(model="{model}", max_tokens=64,
         messages=[{{"role": "user", "content": "What is the capital of France?"}}])
 print(r.choices[0].message.content)

@@ -15,7 +15,7 @@ fn ensure_openai_sdk() {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if has("import openai, httpx") {
+    if has("import openai") {
         return;
     }
     let status = Command::new("python3")
@@ -25,15 +25,12 @@ fn ensure_openai_sdk() {
             "install",
             "--quiet",
             "--disable-pip-version-check",
-            "openai>=1.40,<3",
+            "openai",
         ])
         .status()
         .expect("run pip");
     assert!(status.success(), "pip install openai failed");
-    assert!(
-        has("import openai, httpx"),
-        "openai SDK still not importable"
-    );
+    assert!(has("import openai"), "openai SDK still not importable");
 }
 
 #[test]

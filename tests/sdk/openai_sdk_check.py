@@ -4,13 +4,16 @@ Run by tests/openai_sdk.rs with CLOISTER_URL, CLOISTER_TOKEN, CLOISTER_CA and CL
 Exits non-zero (with a message) on the first mismatch.
 """
 import os
+import ssl
 import sys
 
-import httpx
 import openai
 
 url, token, ca, model = (os.environ[k] for k in ("CLOISTER_URL", "CLOISTER_TOKEN", "CLOISTER_CA", "CLOISTER_MODEL"))
-client = openai.OpenAI(base_url=url + "/v1", api_key=token, http_client=httpx.Client(verify=ca), max_retries=0)
+# Only the SDK's own client type and the standard library: no direct httpx import, which the
+# SDK does not promise (3.x depends on httpx2).
+tls = ssl.create_default_context(cafile=ca)
+client = openai.OpenAI(base_url=url + "/v1", api_key=token, http_client=openai.DefaultHttpxClient(verify=tls), max_retries=0)
 
 
 def check(cond, what):
@@ -74,7 +77,7 @@ try:
     check(False, "unknown model accepted")
 except openai.NotFoundError:
     pass
-bad = openai.OpenAI(base_url=url + "/v1", api_key="not-a-token", http_client=httpx.Client(verify=ca), max_retries=0)
+bad = openai.OpenAI(base_url=url + "/v1", api_key="not-a-token", http_client=openai.DefaultHttpxClient(verify=tls), max_retries=0)
 try:
     bad.models.list()
     check(False, "bad token accepted")
@@ -84,7 +87,7 @@ except openai.AuthenticationError:
 # Rate limits: a tenant allowed 1 request/s gets the SDK's RateLimitError on a quick second
 # call, and a client that may retry honours Retry-After and then succeeds.
 rl_token = os.environ["CLOISTER_RL_TOKEN"]
-rl = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=httpx.Client(verify=ca), max_retries=0)
+rl = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=openai.DefaultHttpxClient(verify=tls), max_retries=0)
 rl.completions.create(model=model, prompt="hi", max_tokens=1)
 try:
     rl.completions.create(model=model, prompt="hi", max_tokens=1)
@@ -93,7 +96,7 @@ except openai.RateLimitError as e:
     check(e.status_code == 429, "429 expected")
     check(int(e.response.headers["retry-after"]) >= 1, "retry-after header")
     check(e.body["code"] == "rate_limit_exceeded", f"code {e.body}")
-patient = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=httpx.Client(verify=ca), max_retries=3)
+patient = openai.OpenAI(base_url=url + "/v1", api_key=rl_token, http_client=openai.DefaultHttpxClient(verify=tls), max_retries=3)
 r = patient.completions.create(model=model, prompt="hi", max_tokens=1)
 check(r.usage.completion_tokens == 1, "retried request succeeded")
 

@@ -1,6 +1,6 @@
 //! The KEK inside an HSM: seal the demo model with a KEK held in a SoftHSM2 token, serve it over
 //! HTTPS, then rotate inside the token and rewrap. SoftHSM2 is installed by
-//! `tests/softhsm-setup.sh` (run by `.ci/run`); without it this test fails, it never skips.
+//! `scripts/setup-softhsm.sh` (run by `.ci/run`); without it this test fails, it never skips.
 
 mod common;
 
@@ -22,7 +22,7 @@ async fn seal_serve_and_rotate_with_the_kek_in_softhsm2() {
         std::env::var_os("SOFTHSM2_MODULE").map_or_else(|| PathBuf::from(MODULE), PathBuf::from);
     assert!(
         module.is_file(),
-        "SoftHSM2 missing ({}): run tests/softhsm-setup.sh",
+        "SoftHSM2 missing ({}): run scripts/setup-softhsm.sh",
         module.display()
     );
     let f = fixture();

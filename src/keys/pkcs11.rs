@@ -472,7 +472,7 @@ impl KeyProvider for Pkcs11Kek {
 #[cfg(test)]
 mod tests {
     //! Real tests against SoftHSM2 (no mocks). Each sub-case gets its own token in one temp
-    //! token directory. If SoftHSM2 is missing the test FAILS (run `tests/softhsm-setup.sh`).
+    //! token directory. If SoftHSM2 is missing the test FAILS (run `scripts/setup-softhsm.sh`).
     //!
     //! Test-only environment change: SoftHSM2 takes its config (and so the token directory) only
     //! from the `SOFTHSM2_CONF` environment variable, read at `C_Initialize`. The tool
@@ -505,14 +505,14 @@ mod tests {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_MODULE));
             assert!(
                 module.is_file(),
-                "SoftHSM2 is not installed: {} is missing. Run tests/softhsm-setup.sh \
+                "SoftHSM2 is not installed: {} is missing. Run scripts/setup-softhsm.sh \
                  (apt-get install softhsm2) or set SOFTHSM2_MODULE.",
                 module.display()
             );
             let version = Command::new("softhsm2-util").arg("--version").output();
             assert!(
                 matches!(&version, Ok(o) if o.status.success()),
-                "softhsm2-util is not runnable ({version:?}). Run tests/softhsm-setup.sh."
+                "softhsm2-util is not runnable ({version:?}). Run scripts/setup-softhsm.sh."
             );
             let dir = tempfile::tempdir().unwrap();
             let tokens = dir.path().join("tokens");

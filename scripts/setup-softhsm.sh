@@ -14,7 +14,7 @@ fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
-        echo "softhsm-setup: need root or sudo to install softhsm2" >&2; exit 1
+        echo "setup-softhsm: need root or sudo to install softhsm2" >&2; exit 1
     fi
 fi
 
@@ -22,12 +22,12 @@ if command -v apt-get >/dev/null 2>&1; then
     $SUDO apt-get update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends softhsm2
 else
-    echo "softhsm-setup: no apt-get; install SoftHSM2 (>= 2.6) with the system package manager" >&2
+    echo "setup-softhsm: no apt-get; install SoftHSM2 (>= 2.6) with the system package manager" >&2
     exit 1
 fi
 
 if ! command -v softhsm2-util >/dev/null 2>&1 || [ ! -f "$MODULE" ]; then
-    echo "softhsm-setup: softhsm2 installed but softhsm2-util or $MODULE is missing" >&2
+    echo "setup-softhsm: softhsm2 installed but softhsm2-util or $MODULE is missing" >&2
     exit 1
 fi
 echo "softhsm2 installed: $(softhsm2-util --version), module $MODULE"
